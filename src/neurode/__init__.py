@@ -1,0 +1,52 @@
+"""neurode: neural ordinary differential equations on PyTorch.
+
+``import neurode as torchdiffeq`` runs torchdiffeq code unchanged; :func:`solve_ivp` gives a
+richer :class:`Solution` with statistics, status and dense output.
+"""
+
+from neurode.errors import (
+    FuncOutputError,
+    InvalidInputError,
+    MaxStepsReachedError,
+    NeurodeError,
+    NonFiniteStateError,
+    SolverError,
+    StepSizeTooSmallError,
+    UnknownMethodError,
+    UnknownOptionError,
+)
+from neurode.solvers import (
+    METHODS,
+    TABLEAUX,
+    ButcherTableau,
+    DenseOutput,
+    Solution,
+    Stats,
+    odeint,
+    odeint_dense,
+    solve_ivp,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "TABLEAUX",
+    "ButcherTableau",
+    "DenseOutput",
+    "FuncOutputError",
+    "InvalidInputError",
+    "MaxStepsReachedError",
+    "NeurodeError",
+    "NonFiniteStateError",
+    "Solution",
+    "SolverError",
+    "Stats",
+    "StepSizeTooSmallError",
+    "UnknownMethodError",
+    "UnknownOptionError",
+    "__version__",
+    "odeint",
+    "odeint_dense",
+    "solve_ivp",
+]

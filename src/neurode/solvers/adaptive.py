@@ -1,0 +1,230 @@
+"""The adaptive-step loop for embedded explicit Runge–Kutta methods.
+
+Output times are answered from each accepted step's continuous extension (never by shortening
+steps to hit them). Time and step size live on the host as Python floats; the only host
+synchronisation per step is reading the error ratio that decides accept/reject.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from neurode.errors import MaxStepsReachedError, NonFiniteStateError, StepSizeTooSmallError
+from neurode.solvers.controller import PIDController, error_ratio, initial_step
+from neurode.solvers.rk import RHS, RKStepper
+
+__all__ = ["AdaptiveConfig", "DenseRecord", "integrate_adaptive"]
+
+_EPS = 2.220446049250313e-16
+
+
+@dataclass
+class AdaptiveConfig:
+    """Options of the adaptive loop (see :func:`neurode.solve_ivp` for their meaning)."""
+
+    rtol: float | Tensor = 1e-7
+    atol: float | Tensor = 1e-9
+    norm: Callable[[Tensor], Tensor] | None = None
+    first_step: float | None = None
+    safety: float = 0.9
+    ifactor: float = 10.0
+    dfactor: float = 0.2
+    pcoeff: float = 0.1
+    icoeff: float = 1.0
+    dcoeff: float = 0.0
+    max_num_steps: int = 2**31 - 1
+    step_t: tuple[float, ...] = ()
+    jump_t: tuple[float, ...] = ()
+    min_step: float = 0.0
+    max_step: float = math.inf
+
+
+@dataclass
+class DenseRecord:
+    """Per accepted step: start time, step size, start state and dense stages (for evaluate)."""
+
+    t: list[float] = field(default_factory=list)
+    h: list[float] = field(default_factory=list)
+    y: list[Tensor] = field(default_factory=list)
+    ks: list[list[Tensor]] = field(default_factory=list)
+
+
+@dataclass
+class LoopResult:
+    ys: list[Tensor]
+    n_steps: int = 0
+    n_accepted: int = 0
+    n_rejected: int = 0
+    nfe: int = 0
+    status: int = 0
+    message: str = "success"
+    t_final: float = 0.0
+    error: Exception | None = None
+    dense: DenseRecord | None = None
+    event_step: tuple | None = None
+
+
+def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKStepper,
+                       cfg: AdaptiveConfig, *, callbacks=None, record_dense: bool = False,
+                       event=None, time_sign: float = 1.0) -> LoopResult:
+    """Integrate from ``t_out[0]`` to ``t_out[-1]`` (increasing floats); ``y`` at ``t_out``.
+
+    ``f(t, y, perturb)`` is the internal vector field. Failures are stored in the result
+    (``status < 0``, ``error``) rather than raised, so that callers may inspect partial output.
+    ``event`` (optional) is called as ``event(t0, y0, t1, y1, interp)`` after each accepted step and
+    returns a time at which to stop, or None.
+    """
+    norm = cfg.norm
+    rtol, atol = cfg.rtol, cfg.atol
+    t0 = t_out[0]
+    t_end = t_out[-1]
+    res = LoopResult(ys=[y0], t_final=t0)
+    if record_dense:
+        res.dense = DenseRecord()
+    n_out = len(t_out)
+    if n_out == 1:
+        return res
+
+    cb_step = cb_accept = cb_reject = None
+    if callbacks is not None:
+        cb_step, cb_accept, cb_reject = callbacks
+
+    # Times the steps must land on: step_t, jump_t (then f is re-evaluated just after), the end.
+    jumps = {float(x) for x in cfg.jump_t if t0 < x < t_end}
+    stops = sorted({float(x) for x in cfg.step_t if t0 < x < t_end} | jumps | {t_end})
+    si = 0
+
+    k0 = f(t0, y0, 1 if t0 in jumps else 0)
+    nfe = 1
+    if cfg.first_step is None:
+        h, extra = initial_step(f, t0, y0, k0, stepper.tableau.controller_order - 1, rtol, atol,
+                                norm)
+        nfe += extra
+    else:
+        h = float(cfg.first_step)
+    h = min(cfg.max_step, max(cfg.min_step, h))
+    ctrl = PIDController(stepper.tableau.controller_order, safety=cfg.safety,
+                         ifactor=cfg.ifactor, dfactor=cfg.dfactor, pcoeff=cfg.pcoeff,
+                         icoeff=cfg.icoeff, dcoeff=cfg.dcoeff, min_step=cfg.min_step,
+                         max_step=cfg.max_step)
+
+    fsal = stepper.fsal
+    need_f1_for_error = stepper.error_uses_f1
+    has_extra = bool(stepper.extra_c)
+    t, y = t0, y0
+    with torch.no_grad():
+        y_abs = y.abs()
+    i_out = 1
+    ys = res.ys
+    n_steps = n_acc = n_rej = 0
+    max_steps = cfg.max_num_steps
+
+    while i_out < n_out:
+        if n_steps >= max_steps:
+            res.status, res.message = -1, (
+                f"max_num_steps={max_steps} reached at t={_fmt(t * time_sign)} before "
+                f"t={_fmt(t_end * time_sign)}; "
+                "raise options['max_num_steps'], loosen rtol/atol, or check for stiffness")
+            res.error = MaxStepsReachedError(res.message, t=t, dt=h)
+            break
+        stop = stops[si]
+        hit_stop = t + h >= stop - 4 * _EPS * abs(stop)
+        h_step = stop - t if hit_stop else h
+        if h_step <= 4 * _EPS * max(abs(t), 1.0) * 2:
+            res.status, res.message = -2, (
+                f"step size underflow: dt={h_step:.3e} at t={_fmt(t * time_sign)}; the problem "
+                "may be stiff or singular there (try a stiff method, or looser rtol/atol)")
+            res.error = StepSizeTooSmallError(res.message, t=t, dt=h_step)
+            break
+        if cb_step is not None:
+            cb_step(t, y, h_step)
+
+        ks, y1 = stepper.step(f, t, y, h_step, k0)
+        nfe += stepper.stages - 1
+        f1 = ks[-1] if fsal else None
+        if need_f1_for_error:
+            f1 = f(t + h_step, y1, 0)
+            nfe += 1
+        with torch.no_grad():
+            err, err_low = stepper.error(ks if f1 is None or fsal else [*ks, f1], h_step)
+            ratio_t, y1_abs = error_ratio(err, err_low, y_abs, y1, rtol, atol, norm)
+        ratio = float(ratio_t)  # the one host synchronisation of the step
+        n_steps += 1
+        accept = ratio <= 1.0 or (h_step <= cfg.min_step and math.isfinite(ratio))
+
+        if not math.isfinite(ratio) and not _finite(y, k0):
+            res.status, res.message = -3, (
+                "non-finite value (NaN or inf) in the state or in func's output at "
+                f"t={_fmt(t * time_sign)}")
+            res.error = NonFiniteStateError(res.message, t=t, dt=h_step)
+            break
+
+        if accept:
+            n_acc += 1
+            t1 = stop if hit_stop else t + h_step
+            if f1 is None:
+                f1 = f(t1, y1, 0)
+                nfe += 1
+            dense_ks = None
+            if (i_out < n_out and t_out[i_out] <= t1) or record_dense or event is not None:
+                dense_ks = ks if fsal else [*ks, f1]
+                if has_extra:
+                    dense_ks = list(dense_ks)
+                    stepper.extra_stages(f, t, y, h_step, dense_ks)
+                    nfe += len(stepper.extra_c)
+            if event is not None:
+                t_ev = event(t, y, t1, y1, dense_ks, h_step)
+                if t_ev is not None:
+                    res.t_final = t_ev
+                    res.n_steps, res.n_accepted, res.n_rejected, res.nfe = (
+                        n_steps, n_acc, n_rej, nfe)
+                    res.event_step = (t, y, h_step, dense_ks)
+                    return res
+            while i_out < n_out and t_out[i_out] <= t1:
+                to = t_out[i_out]
+                if to == t1:
+                    ys.append(y1)
+                else:
+                    ys.append(stepper.interpolate(y, dense_ks, h_step, (to - t) / h_step))
+                i_out += 1
+            if record_dense:
+                d = res.dense
+                d.t.append(t)
+                d.h.append(h_step)
+                d.y.append(y)
+                d.ks.append(dense_ks)
+            if cb_accept is not None:
+                cb_accept(t, y, h_step)
+            if hit_stop:
+                si += 1
+                if t1 in jumps:
+                    f1 = f(t1, y1, 1)
+                    nfe += 1
+            t, y, k0, y_abs = t1, y1, f1, y1_abs
+        else:
+            n_rej += 1
+            if cb_reject is not None:
+                cb_reject(t, y, h_step)
+        h_next = ctrl.propose(h_step, ratio, accept)
+        if hit_stop and accept:
+            # A step cut short to land on a stop says little about the next step's size.
+            h_next = max(h_next, min(h, cfg.max_step))
+        h = h_next
+
+    res.n_steps, res.n_accepted, res.n_rejected, res.nfe = n_steps, n_acc, n_rej, nfe
+    res.t_final = t
+    return res
+
+
+def _finite(y: Tensor, k: Tensor) -> bool:
+    with torch.no_grad():
+        return bool(torch.isfinite(y).all()) and bool(torch.isfinite(k).all())
+
+
+def _fmt(t: float) -> str:
+    return f"{t:.6g}"

@@ -1,0 +1,213 @@
+"""Public entry points of the solvers: ``odeint`` (torchdiffeq-compatible), ``odeint_dense`` and
+``solve_ivp`` (neurode's richer API returning a :class:`Solution`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from neurode.errors import InvalidInputError, NonFiniteStateError
+from neurode.solvers.adaptive import AdaptiveConfig, LoopResult, integrate_adaptive
+from neurode.solvers.fixed import integrate_adams, integrate_fixed, make_grid
+from neurode.solvers.problem import Problem, make_problem
+from neurode.solvers.rk import get_stepper
+from neurode.solvers.solution import DenseOutput, Solution, Stats
+
+__all__ = ["odeint", "odeint_dense", "solve_ivp"]
+
+State = Tensor | tuple[Tensor, ...]
+Func = Callable[[Tensor, Any], Any]
+
+
+def _floats(x, sign: float, name: str) -> tuple[float, ...]:
+    if x is None:
+        return ()
+    vals = torch.as_tensor(x, dtype=torch.float64).reshape(-1).tolist()
+    if not all(math.isfinite(v) for v in vals):
+        raise InvalidInputError(f"options[{name!r}] contains NaN or inf")
+    return tuple(sign * v for v in vals)
+
+
+def _adaptive_config(pb: Problem) -> AdaptiveConfig:
+    o = pb.options
+    cfg = AdaptiveConfig(rtol=pb.rtol, atol=pb.atol, norm=pb.norm)
+    for key in ("safety", "ifactor", "dfactor", "pcoeff", "icoeff", "dcoeff"):
+        if key in o:
+            setattr(cfg, key, float(o[key]))
+    if o.get("first_step") is not None:
+        cfg.first_step = abs(float(o["first_step"]))
+        if cfg.first_step == 0:
+            raise InvalidInputError("options['first_step'] must be non-zero")
+    if o.get("max_num_steps") is not None:
+        cfg.max_num_steps = int(o["max_num_steps"])
+    if o.get("min_step") is not None:
+        cfg.min_step = abs(float(o["min_step"]))
+    if o.get("max_step") is not None:
+        cfg.max_step = abs(float(o["max_step"]))
+    if cfg.min_step > cfg.max_step:
+        raise InvalidInputError(f"options: min_step={cfg.min_step} exceeds max_step={cfg.max_step}")
+    if not 0 < cfg.safety <= 1:
+        raise InvalidInputError(f"options['safety'] must be in (0, 1], got {cfg.safety}")
+    if not cfg.ifactor >= 1:
+        raise InvalidInputError(f"options['ifactor'] must be ≥ 1, got {cfg.ifactor}")
+    if not 0 < cfg.dfactor <= 1:
+        raise InvalidInputError(f"options['dfactor'] must be in (0, 1], got {cfg.dfactor}")
+    cfg.step_t = _floats(o.get("step_t"), pb.sign, "step_t")
+    cfg.jump_t = _floats(o.get("jump_t"), pb.sign, "jump_t")
+    return cfg
+
+
+def _grid(pb: Problem) -> list[float]:
+    o = pb.options
+    gc = o.get("grid_constructor")
+    step_size = o.get("step_size")
+    if gc is not None and step_size is not None:
+        raise InvalidInputError("options: give step_size or grid_constructor, not both")
+    grid = None
+    if gc is not None:
+        t_int = torch.tensor(pb.t_out, dtype=torch.float64)
+
+        def func_int(tt, y):
+            return pb.f(float(tt), y, 0)
+
+        g = gc(func_int, pb.y0, t_int)
+        grid = torch.as_tensor(g, dtype=torch.float64).reshape(-1).tolist()
+    return make_grid(pb.t_out, None if step_size is None else float(step_size), grid)
+
+
+def _integrate(pb: Problem, record_dense: bool = False) -> LoopResult:
+    spec = pb.method
+    o = pb.options
+    if spec.kind == "adaptive":
+        return integrate_adaptive(pb.f, pb.y0, pb.t_out, get_stepper(spec.tableau),
+                                  _adaptive_config(pb), callbacks=pb.callbacks,
+                                  record_dense=record_dense, time_sign=pb.sign)
+    interp = o.get("interp", "linear")
+    if interp not in ("linear", "cubic"):
+        raise InvalidInputError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}")
+    grid = _grid(pb)
+    if spec.kind == "fixed":
+        return integrate_fixed(pb.f, pb.y0, pb.t_out, grid, get_stepper(spec.tableau),
+                               interp=interp, perturb=bool(o.get("perturb", False)),
+                               callbacks=pb.callbacks, record_dense=record_dense)
+    if spec.kind == "adams":
+        return integrate_adams(pb.f, pb.y0, pb.t_out, grid, max_order=int(o.get("max_order", 4)),
+                               implicit=spec.params["implicit"],
+                               max_iters=int(o.get("max_iters", 4)), rtol=pb.rtol, atol=pb.atol,
+                               norm=pb.norm, interp=interp, callbacks=pb.callbacks,
+                               record_dense=record_dense)
+    return spec.runner(pb, record_dense)
+
+
+def _check_finite_fixed(pb: Problem, ys: Tensor) -> None:
+    """One host sync after a fixed-grid solve: locate the first non-finite output, if any."""
+    if pb.method.kind == "adaptive":
+        return  # the adaptive loop checks every step through its error ratio
+    with torch.no_grad():
+        bad = ~torch.isfinite(ys.reshape(ys.shape[0], -1)).all(dim=1)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise NonFiniteStateError(
+                f"non-finite value (NaN or inf) in the solution at t={float(pb.t[i]):.6g} "
+                f"(output {i}); reduce the step size or check func", t=float(pb.t[i]))
+
+
+def _assemble(pb: Problem, res: LoopResult, throw: bool) -> tuple[Tensor, bool]:
+    n = len(pb.t_out)
+    if res.status < 0 and throw:
+        raise res.error
+    ys = res.ys
+    if len(ys) < n:  # failed solve inspected by the caller: pad with NaN
+        pad = torch.full_like(pb.y0, math.nan)
+        ys = ys + [pad] * (n - len(ys))
+    out = torch.stack(ys)
+    if throw:
+        _check_finite_fixed(pb, out)
+    return out, res.status >= 0
+
+
+def odeint(func: Func, y0: State, t: Tensor, *, rtol: float | Tensor = 1e-7,
+           atol: float | Tensor = 1e-9, method: str | None = None,
+           options: dict[str, Any] | None = None, event_fn: Callable | None = None):
+    """Solve ``dy/dt = func(t, y), y(t[0]) = y0`` and return ``y`` at every time in ``t``.
+
+    A drop-in replacement for ``torchdiffeq.odeint`` (same arguments, methods and options).
+
+    Args:
+        func: ``func(t, y)`` with ``t`` a 0-d tensor and ``y`` shaped like ``y0``; returns
+            ``dy/dt`` of the same shape, dtype and device.
+        y0: initial state, a tensor of any shape (float32/64, complex64/128) or a tuple of them.
+        t: 1-D tensor of times, strictly increasing or strictly decreasing; ``t[0]`` is the
+            initial time.
+        rtol, atol: relative and absolute tolerance of adaptive methods (floats, or tensors
+            broadcastable to ``y0``).
+        method: one of ``neurode.METHODS`` (default ``"dopri5"``).
+        options: method options (see the README's table), e.g. ``{"step_size": 0.1}``.
+        event_fn: ``event_fn(t, y)``; when given, integrate from ``t[0]`` until it crosses zero
+            and return ``(event_t, solution)`` (see :func:`neurode.odeint_event`).
+
+    Returns:
+        ``(len(t), *y0.shape)`` tensor (a tuple of such for tuple ``y0``); row 0 is ``y0``.
+
+    Raises:
+        InvalidInputError, UnknownMethodError, UnknownOptionError: bad arguments.
+        FuncOutputError: ``func`` returned the wrong shape/dtype/device.
+        SolverError subclasses: the integration failed (the message says where).
+    """
+    if event_fn is not None:
+        from neurode.solvers.events import integrate_event
+
+        return integrate_event(func, y0, t, event_fn, rtol=rtol, atol=atol, method=method,
+                               options=options)
+    pb = make_problem(func, y0, t, rtol, atol, method, options)
+    res = _integrate(pb)
+    out, _ = _assemble(pb, res, throw=True)
+    return pb.unflatten(out.reshape(out.shape[0], -1)) if pb.is_tuple else out
+
+
+def solve_ivp(func: Func, y0: State, t_eval: Tensor, *, method: str = "dopri5",
+              rtol: float | Tensor = 1e-7, atol: float | Tensor = 1e-9,
+              options: dict[str, Any] | None = None, dense: bool = False,
+              throw: bool = True) -> Solution:
+    """Solve an initial value problem and return a :class:`Solution` with statistics.
+
+    Same arguments as :func:`odeint` (``t_eval`` plays the role of ``t``), plus:
+
+    Args:
+        dense: keep every step's stages so that ``sol.evaluate(t)`` gives the continuous solution
+            anywhere in the span (memory grows with the number of steps).
+        throw: if False, a failed integration returns a Solution with ``status < 0``, a
+            ``message`` saying where and why, and NaN rows for the times not reached.
+    """
+    pb = make_problem(func, y0, t_eval, rtol, atol, method, options)
+    res = _integrate(pb, record_dense=dense)
+    out, _ = _assemble(pb, res, throw=throw)
+    ys = pb.unflatten(out.reshape(out.shape[0], -1)) if pb.is_tuple else out
+    stats = Stats(nfe=res.nfe, n_steps=res.n_steps, n_accepted=res.n_accepted,
+                  n_rejected=res.n_rejected)
+    dense_out = None
+    if dense:
+        stepper = get_stepper(pb.method.tableau) if pb.method.kind == "adaptive" else None
+        dense_out = DenseOutput(res.dense, stepper, pb.t_out[0], res.t_final, pb.sign,
+                                pb.unflatten if pb.is_tuple else (lambda x: x), res.ys[-1])
+    return Solution(ts=pb.t, ys=ys, stats=stats, status=res.status, message=res.message,
+                    dense=dense_out)
+
+
+def odeint_dense(func: Func, y0: State, t0, t1, *, rtol: float | Tensor = 1e-7,
+                 atol: float | Tensor = 1e-9, method: str | None = None,
+                 options: dict[str, Any] | None = None) -> DenseOutput:
+    """Solve from ``t0`` to ``t1`` and return the dense solution as a callable ``y(t)``.
+
+    As in torchdiffeq's newer releases; works for every method (not only dopri5) and for tuple
+    states. The callable accepts a scalar or a 1-D tensor of times in ``[t0, t1]``.
+    """
+    t = torch.stack([torch.as_tensor(t0, dtype=torch.float64).reshape(()),
+                     torch.as_tensor(t1, dtype=torch.float64).reshape(())])
+    sol = solve_ivp(func, y0, t, method="dopri5" if method is None else method, rtol=rtol,
+                    atol=atol, options=options, dense=True)
+    return sol.dense
