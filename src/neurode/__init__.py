@@ -24,6 +24,7 @@ from neurode.solvers import (
     Stats,
     odeint,
     odeint_dense,
+    odeint_event,
     solve_ivp,
 )
 
@@ -48,5 +49,6 @@ __all__ = [
     "__version__",
     "odeint",
     "odeint_dense",
+    "odeint_event",
     "solve_ivp",
 ]
