@@ -135,6 +135,11 @@ def integrate_fixed(f: RHS, y0: Tensor, t_out: list[float], grid: list[float],
     return res
 
 
+# Below this many past values the Adams loop takes rk4 steps; above, the order grows with the
+# history up to max_order (so the global order is at least 4 from the first step).
+_MIN_ADAMS_ORDER = 4
+
+
 @lru_cache(maxsize=4096)
 def adams_weights(nodes: tuple[float, ...]) -> tuple[float, ...]:
     """Weights ``w_j`` with ``∫_0^1 p(x) dx = Σ_j w_j p(x_j)`` for ``deg p < len(nodes)``.
@@ -163,14 +168,15 @@ def _key(x: float) -> float:
 
 
 def integrate_adams(f: RHS, y0: Tensor, t_out: list[float], grid: list[float], *,
-                    max_order: int = 4, implicit: bool = False, max_iters: int = 4,
+                    max_order: int = 12, implicit: bool = False, max_iters: int = 4,
                     rtol=1e-7, atol=1e-9, norm: Callable[[Tensor], Tensor],
                     interp: str = "linear", callbacks=None,
                     record_dense: bool = False) -> LoopResult:
     """Adams–Bashforth (``implicit=False``) or Adams–Bashforth–Moulton PE(CE)^m on a fixed grid.
 
-    The first ``max_order − 1`` steps are taken with rk4 so the method runs at full order from
-    the start. The corrector iterates at most ``max_iters`` times, stopping early once the
+    The first steps are taken with rk4 until 4 past derivatives are known; from then on the
+    order grows with the history up to ``max_order``. The corrector iterates at most
+    ``max_iters`` times, stopping early once the
     change is below the tolerance (``norm(Δy / (atol + rtol|y|)) < 1``).
     """
     if max_order < 1:
@@ -198,7 +204,7 @@ def integrate_adams(f: RHS, y0: Tensor, t_out: list[float], grid: list[float], *
         h = g1 - g0
         if cb_step is not None:
             cb_step(g0, y, h)
-        if len(hist_f) < max_order:
+        if len(hist_f) < min(max_order, _MIN_ADAMS_ORDER):
             _, y1 = boot.step(f, g0, y, h, fy)
             nfe += boot.stages - 1
         else:

@@ -62,7 +62,7 @@ class Problem:
 
     def time_tensor(self, s: float) -> Tensor:
         """Internal forward time ``s`` as the user's time tensor."""
-        return torch.tensor(self.sign * s, dtype=self.time_dtype, device=self.y0.device)
+        return torch.scalar_tensor(self.sign * s, dtype=self.time_dtype, device=self.y0.device)
 
 
 def _describe(x) -> str:
@@ -209,7 +209,7 @@ def _wrap_func(func, y0: Tensor, shapes, sign: float, time_dtype: torch.dtype):
         checked = True
 
     def f(s: float, y: Tensor, perturb: int = 0) -> Tensor:
-        tt = torch.tensor(sign * s, dtype=time_dtype, device=device)
+        tt = torch.scalar_tensor(sign * s, dtype=time_dtype, device=device)
         if perturb:
             tt = torch.nextafter(tt, tt + sign * perturb)
         if shapes is None:
@@ -238,8 +238,8 @@ def _callbacks(func, suffix: str, pb_state, sign, time_dtype, device):
             return None
 
         def call(s, y, h):
-            tt = torch.tensor(sign * s, dtype=time_dtype, device=device)
-            dt = torch.tensor(sign * h, dtype=time_dtype, device=device)
+            tt = torch.scalar_tensor(sign * s, dtype=time_dtype, device=device)
+            dt = torch.scalar_tensor(sign * h, dtype=time_dtype, device=device)
             cb(tt, pb_state(y), dt)
 
         return call

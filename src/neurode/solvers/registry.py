@@ -68,7 +68,10 @@ for _name in ("euler", "midpoint", "heun2", "heun3", "rk4", "rk4_classic"):
 for _name in ("adaptive_heun", "fehlberg2", "bosh3", "dopri5", "tsit5", "dopri8"):
     register_method(MethodSpec(_name, "adaptive", ADAPTIVE_OPTIONS, TABLEAUX[_name],
                                TABLEAUX[_name].order))
+# Adams–Bashforth above order ~6 has a tiny stability region (torchdiffeq's default of 12 blows
+# up on the spiral at h = 0.05), so the explicit method defaults to order 4; the corrector of the
+# implicit method keeps high orders stable, so it defaults to torchdiffeq's 12.
 register_method(MethodSpec("explicit_adams", "adams", ADAMS_OPTIONS - {"max_iters"},
-                           order=4, params={"implicit": False}))
+                           order=4, params={"implicit": False, "max_order": 4}))
 register_method(MethodSpec("implicit_adams", "adams", ADAMS_OPTIONS, order=4,
-                           params={"implicit": True}), "fixed_adams")
+                           params={"implicit": True, "max_order": 12}), "fixed_adams")
