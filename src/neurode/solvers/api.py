@@ -95,7 +95,8 @@ def _integrate(pb: Problem, record_dense: bool = False) -> LoopResult:
                                interp=interp, perturb=bool(o.get("perturb", False)),
                                callbacks=pb.callbacks, record_dense=record_dense)
     if spec.kind == "adams":
-        return integrate_adams(pb.f, pb.y0, pb.t_out, grid, max_order=int(o.get("max_order", spec.params["max_order"])),
+        max_order = int(o.get("max_order", spec.params["max_order"]))
+        return integrate_adams(pb.f, pb.y0, pb.t_out, grid, max_order=max_order,
                                implicit=spec.params["implicit"],
                                max_iters=int(o.get("max_iters", 4)), rtol=pb.rtol, atol=pb.atol,
                                norm=pb.norm, interp=interp, callbacks=pb.callbacks,
