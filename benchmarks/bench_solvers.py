@@ -14,6 +14,8 @@ Both libraries run in one process on the same problem: the same ``nn.Module`` ve
    ``callback_reject_step`` hooks both libraries call, its steps. Outputs (and, for the backprop
    case, parameter gradients) are kept to compare the libraries with each other and with a
    float64 reference (neurode ``dopri8`` at rtol = atol = 1e-12 on a float64 copy of the field).
+   The reference is cross-checked against torchdiffeq's float64 ``dopri8`` at the same
+   tolerance (skipped with ``--quick``), so it cannot favour neurode.
 2. **Warm-up**: ``--warmup`` untimed calls per library (allocator, dispatcher and caches settle).
 3. **Timed repeats**, interleaved A B A B: repeat ``r`` runs neurode then torchdiffeq when ``r``
    is even and torchdiffeq then neurode when ``r`` is odd, so that slow drift of the machine
@@ -39,6 +41,7 @@ import copy
 import datetime
 import gc
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -90,10 +93,9 @@ class Field(nn.Module):
         return self.net(y)
 
 
-class CountingField(Field):
-    """A :class:`Field` that also counts steps through the solvers' callback hooks.
+class StepCountingField(Field):
+    """A :class:`Field` that also counts steps through the ``callback_step`` hook.
 
-    torchdiffeq's fixed-grid solvers only call ``callback_step``, so for them steps are attempts.
     Used only in the untimed statistics run, so the hooks cost nothing in the timings.
     """
 
@@ -103,6 +105,11 @@ class CountingField(Field):
 
     def callback_step(self, t0, y0, dt) -> None:
         self.n_steps += 1
+
+
+class AdaptiveStepCountingField(StepCountingField):
+    """Also counts accepted and rejected steps (torchdiffeq's fixed-grid solvers warn about
+    these two hooks, hence the separate class)."""
 
     def callback_accept_step(self, t0, y0, dt) -> None:
         self.n_accepted += 1
@@ -116,7 +123,7 @@ def make_mlp(sizes: tuple[int, ...], seed: int) -> nn.Sequential:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
             lin = nn.Linear(n_in, n_out)
             nn.init.normal_(lin.weight, std=GAIN / math.sqrt(n_in))
             nn.init.normal_(lin.bias, std=0.1)
@@ -190,25 +197,37 @@ def solve(lib: str, case: Case, func: nn.Module, y0: Tensor, t: Tensor) -> tuple
     return ys.detach(), torch.cat([p.grad.reshape(-1) for p in params])
 
 
-_REF_CACHE: dict[tuple, tuple[Tensor, Tensor]] = {}
+_REF_CACHE: dict[tuple, dict] = {}
 
 
-def reference(case: Case) -> tuple[Tensor, Tensor]:
-    """float64 neurode dopri8 at rtol = atol = 1e-12: (ys, gradient of mean(ys²) if backward)."""
+def reference(case: Case, crosscheck: bool = True) -> dict:
+    """The float64 reference of the case's problem (cached across cases that share it).
+
+    Keys: ``ys`` (neurode dopri8 at rtol = atol = 1e-12 on a float64 copy of the field),
+    ``grad`` (gradient of ``mean(ys²)`` through that solve; empty for forward cases) and
+    ``crosscheck`` (max |ys − torchdiffeq dopri8 at the same settings|, to show the reference
+    does not favour neurode; None unless ``crosscheck``).
+    """
     key = (case.sizes, case.batch, case.t1, case.n_times, case.backward)
     if key not in _REF_CACHE:
         net, y0, t = build(case)
         func = Field(copy.deepcopy(net).double())
+        y0, t = y0.double(), t.double()
         kwargs = {"rtol": REF_TOL, "atol": REF_TOL, "method": REF_METHOD}
         if case.backward:
-            ys = neurode.odeint(func, y0.double(), t.double(), **kwargs)
+            ys = neurode.odeint(func, y0, t, **kwargs)
             ys.square().mean().backward()
             grad = torch.cat([p.grad.reshape(-1) for p in func.parameters()])
-            _REF_CACHE[key] = ys.detach(), grad
+            ys = ys.detach()
         else:
             with torch.no_grad():
-                _REF_CACHE[key] = neurode.odeint(func, y0.double(), t.double(), **kwargs), \
-                    torch.empty(0)
+                ys = neurode.odeint(func, y0, t, **kwargs)
+            grad = torch.empty(0)
+        other = None
+        if crosscheck:
+            with torch.no_grad():
+                other = max_abs(ys, torchdiffeq.odeint(func, y0, t, **kwargs))
+        _REF_CACHE[key] = {"ys": ys, "grad": grad, "crosscheck": other}
     return _REF_CACHE[key]
 
 
@@ -222,16 +241,20 @@ def max_abs(a: Tensor, b: Tensor) -> float:
 # Timing
 
 
-def time_sample(fn: Callable[[], object], number: int) -> float:
-    """Mean wall time of ``number`` calls of ``fn``, GC collected before and disabled during."""
+def time_sample(fn: Callable[[], object], number: int) -> tuple[float, float]:
+    """Mean wall time and mean process CPU time (all threads) of ``number`` calls of ``fn``.
+
+    The garbage collector is collected before and disabled during the sample. CPU time is only
+    a diagnostic: a sample whose wall time is far above CPU time / threads was stalled.
+    """
     gc.collect()
     enabled = gc.isenabled()
     gc.disable()
     try:
-        start = time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
         for _ in range(number):
             fn()
-        return (time.perf_counter() - start) / number
+        return (time.perf_counter() - start) / number, (time.process_time() - cpu) / number
     finally:
         if enabled:
             gc.enable()
@@ -244,54 +267,76 @@ def quartiles(xs: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
-def run_case(case: Case, repeats: int, warmup: int, min_sample: float) -> dict:
+def run_case(case: Case, repeats: int, warmup: int, min_sample: float,
+             crosscheck: bool = True) -> dict:
     """Statistics run, warm-up, then interleaved timed repeats; returns the case's record."""
     net, y0, t = build(case)
-    rec: dict = {"case": {**asdict(case), "adaptive": case.adaptive}, "libs": {}}
+    rec: dict = {"case": {**asdict(case), "adaptive": case.adaptive}, "libs": {},
+                 "loadavg_before": _loadavg()}
 
     # 1. Untimed statistics run, with step-counting hooks.
     outs, grads = {}, {}
     for lib in LIBS:
-        cf = CountingField(net)
+        cf = (AdaptiveStepCountingField if case.adaptive else StepCountingField)(net)
         outs[lib], grads[lib] = solve(lib, case, cf, y0, t)
-        rec["libs"][lib] = {"nfe": cf.nfe, "n_steps": cf.n_steps, "n_accepted": cf.n_accepted,
+        rec["libs"][lib] = {"nfe": cf.nfe, "n_steps": cf.n_steps,
+                            "n_accepted": cf.n_accepted if case.adaptive else cf.n_steps,
                             "n_rejected": cf.n_rejected}
     with torch.no_grad():
         sol = neurode.solve_ivp(Field(net), y0, t, method=case.method, rtol=case.rtol,
                                 atol=case.atol, options=dict(case.options))
     rec["neurode_reported_stats"] = {k: getattr(sol.stats, k)
                                      for k in ("nfe", "n_steps", "n_accepted", "n_rejected")}
-    ref_ys, ref_grad = reference(case)
+    ref = reference(case, crosscheck)
+    ref_ys, ref_grad = ref["ys"], ref["grad"]
     rec["max_abs_diff"] = max_abs(outs["neurode"], outs["torchdiffeq"])
     rec["max_abs_grad_diff"] = max_abs(grads["neurode"], grads["torchdiffeq"])
     for lib in LIBS:
         rec["libs"][lib]["max_abs_err_vs_ref"] = max_abs(outs[lib], ref_ys)
         rec["libs"][lib]["max_abs_grad_err_vs_ref"] = max_abs(grads[lib], ref_grad)
     rec["ref_max_abs"] = float(ref_ys.abs().max())
+    rec["ref_crosscheck_max_abs_diff"] = ref["crosscheck"]
 
-    # 2. Warm-up (also sizes ``number``).
+    # 2. Warm-up; the last round sizes ``number`` so that the faster library's samples last
+    #    ``min_sample`` (the statistics run above already warmed up a little).
     func = Field(net)
     calls = {lib: (lambda lib=lib: solve(lib, case, func, y0, t)) for lib in LIBS}
-    last = dict.fromkeys(LIBS, 0.0)
+    last = dict.fromkeys(LIBS, math.inf)
     for w in range(warmup):
         for lib in LIBS if w % 2 == 0 else LIBS[::-1]:
-            last[lib] = time_sample(calls[lib], 1)
-    number = max(1, math.ceil(min_sample / max(max(last.values()), 1e-9)))
+            last[lib] = time_sample(calls[lib], 1)[0]
+    number = max(1, math.ceil(min_sample / max(min(last.values()), 1e-6)))
 
     # 3. Timed repeats, A B A B.
     samples: dict[str, list[float]] = {lib: [] for lib in LIBS}
+    cpu: dict[str, list[float]] = {lib: [] for lib in LIBS}
     for r in range(repeats):
         for lib in LIBS if r % 2 == 0 else LIBS[::-1]:
-            samples[lib].append(time_sample(calls[lib], number))
+            wall, cpu_s = time_sample(calls[lib], number)
+            samples[lib].append(wall)
+            cpu[lib].append(cpu_s)
     for lib in LIBS:
         s = samples[lib]
         q1, q3 = quartiles(s)
-        rec["libs"][lib].update(median_ms=1e3 * statistics.median(s), min_ms=1e3 * min(s),
-                                iqr_ms=1e3 * (q3 - q1), samples_ms=[1e3 * x for x in s])
+        med = statistics.median(s)
+        rec["libs"][lib].update(median_ms=1e3 * med, min_ms=1e3 * min(s),
+                                n_outliers=sum(x > 2 * med for x in s),
+                                iqr_ms=1e3 * (q3 - q1), samples_ms=[1e3 * x for x in s],
+                                median_cpu_ms=1e3 * statistics.median(cpu[lib]),
+                                cpu_samples_ms=[1e3 * x for x in cpu[lib]])
     rec["number"] = number
     rec["repeats"] = repeats
     rec["ratio"] = rec["libs"]["neurode"]["median_ms"] / rec["libs"]["torchdiffeq"]["median_ms"]
+    rec["loadavg_after"] = _loadavg()
     return rec
+
+
+def _loadavg() -> list[float] | None:
+    """1/5/15-minute load averages: other processes on the machine distort timings."""
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,28 +417,36 @@ def print_table(records: list[dict], geomean: float) -> None:
                          f"{_fmt_err(t['max_abs_grad_err_vs_ref'])}")
         extra.append(f"IQR N/T {n['iqr_ms']:.2f}/{t['iqr_ms']:.2f} ms, "
                      f"{rec['repeats']}x{rec['number']} calls")
+        if n["n_outliers"] or t["n_outliers"]:
+            extra.append(f"samples > 2x median N/T {n['n_outliers']}/{t['n_outliers']}")
         print(f"{'':<18}   " + "; ".join(extra))
     print("-" * len(head))
     print(f"geometric mean of ratios (neurode/torchdiffeq; < 1 = neurode faster): {geomean:.3f}")
     print("steps/NFE from callback hooks and a counting field; |N-T| = max abs difference of the "
           "outputs;\nerrN/errT = max abs error vs float64 neurode dopri8 at rtol=atol=1e-12.")
+    checks = [r["ref_crosscheck_max_abs_diff"] for r in records
+              if r["ref_crosscheck_max_abs_diff"] is not None]
+    if checks:
+        print(f"reference cross-check: max |neurode dopri8 - torchdiffeq dopri8| (float64, 1e-12) "
+              f"= {max(checks):.1e}")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help="few repeats, one call per sample (smoke test, well under a minute)")
+                    help="few repeats, one call per sample, no reference cross-check "
+                    "(smoke test, well under a minute)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     ap.add_argument("--repeats", type=int, help="timed samples per library per case "
                     "(default 15, quick 3)")
-    ap.add_argument("--warmup", type=int, help="untimed calls per library (default 3, quick 1)")
+    ap.add_argument("--warmup", type=int, help="untimed calls per library (default 3, quick 0)")
     ap.add_argument("--min-sample", type=float,
                     help="minimum seconds per sample (default 0.1, quick 0)")
     ap.add_argument("--cases", nargs="+", choices=[c.name for c in CASES],
                     help="run only these cases")
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 15)
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    warmup = args.warmup if args.warmup is not None else (0 if args.quick else 3)
     min_sample = args.min_sample if args.min_sample is not None else (0.0 if args.quick else 0.1)
 
     env = environment()
@@ -412,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     for case in cases:
         print(f"  running {case.name}: {case.description} ...", file=sys.stderr, flush=True)
-        records.append(run_case(case, repeats, warmup, min_sample))
+        records.append(run_case(case, repeats, warmup, min_sample, crosscheck=not args.quick))
     elapsed = time.perf_counter() - t_start
     geomean = math.exp(statistics.fmean(math.log(r["ratio"]) for r in records))
     print()

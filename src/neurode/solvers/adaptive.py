@@ -101,6 +101,10 @@ def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKSteppe
 
     k0 = f(t0, y0, 1 if t0 in jumps else 0)
     nfe = 1
+    if not _finite(y0, k0):
+        return _fail(res, -3, NonFiniteStateError, "non-finite value (NaN or inf) in y0 or in "
+                     f"func(t, y0) at the initial time t={_fmt(t0 * time_sign)}",
+                     t0 * time_sign, None)
     if cfg.first_step is None:
         h, extra = initial_step(f, t0, y0, k0, stepper.tableau.controller_order - 1, rtol, atol,
                                 norm)
@@ -123,32 +127,39 @@ def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKSteppe
     ys = res.ys
     n_steps = n_acc = n_rej = 0
     max_steps = cfg.max_num_steps
+    ratio = 0.0
 
     while i_out < n_out:
         if n_steps >= max_steps:
-            res.status, res.message = -1, (
-                f"max_num_steps={max_steps} reached at t={_fmt(t * time_sign)} before "
-                f"t={_fmt(t_end * time_sign)}; "
-                "raise options['max_num_steps'], loosen rtol/atol, or check for stiffness")
-            res.error = MaxStepsReachedError(res.message, t=t, dt=h)
+            _fail(res, -1, MaxStepsReachedError,
+                  f"max_num_steps={max_steps} reached at t={_fmt(t * time_sign)} before "
+                  f"t={_fmt(t_end * time_sign)}; raise options['max_num_steps'], loosen "
+                  "rtol/atol, or check for stiffness", t * time_sign, h * time_sign)
             break
         stop = stops[si]
         hit_stop = t + h >= stop - 4 * _EPS * abs(stop)
         h_step = stop - t if hit_stop else h
-        if h_step <= 4 * _EPS * max(abs(t), 1.0) * 2:
-            res.status, res.message = -2, (
-                f"step size underflow: dt={h_step:.3e} at t={_fmt(t * time_sign)}; the problem "
-                "may be stiff or singular there (try a stiff method, or looser rtol/atol)")
-            res.error = StepSizeTooSmallError(res.message, t=t, dt=h_step)
+        if h_step <= 8 * _EPS * max(abs(t), 1.0):
+            if not math.isfinite(ratio):  # steps kept failing on NaN/inf, not on accuracy
+                _fail(res, -3, NonFiniteStateError,
+                      "func returned a non-finite value (NaN or inf) for every step from "
+                      f"t={_fmt(t * time_sign)}, however small", t * time_sign, h_step * time_sign)
+            else:
+                _fail(res, -2, StepSizeTooSmallError,
+                      f"step size underflow: dt={h_step:.3e} at t={_fmt(t * time_sign)}; the "
+                      "problem may be stiff or singular there (try a stiff method, or looser "
+                      "rtol/atol)", t * time_sign, h_step * time_sign)
             break
         if cb_step is not None:
             cb_step(t, y, h_step)
 
-        ks, y1 = stepper.step(f, t, y, h_step, k0)
+        # A step that ends on a jump evaluates its c = 1 stages just before the jump.
+        at_jump = hit_stop and stop in jumps
+        ks, y1 = stepper.step(f, t, y, h_step, k0, perturb=at_jump)
         nfe += stepper.stages - 1
         f1 = ks[-1] if fsal else None
         if need_f1_for_error:
-            f1 = f(t + h_step, y1, 0)
+            f1 = f(t + h_step, y1, -1 if at_jump else 0)
             nfe += 1
         with torch.no_grad():
             err, err_low = stepper.error(ks if f1 is None or fsal else [*ks, f1], h_step)
@@ -157,18 +168,12 @@ def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKSteppe
         n_steps += 1
         accept = ratio <= 1.0 or (h_step <= cfg.min_step and math.isfinite(ratio))
 
-        if not math.isfinite(ratio) and not _finite(y, k0):
-            res.status, res.message = -3, (
-                "non-finite value (NaN or inf) in the state or in func's output at "
-                f"t={_fmt(t * time_sign)}")
-            res.error = NonFiniteStateError(res.message, t=t, dt=h_step)
-            break
 
         if accept:
             n_acc += 1
             t1 = stop if hit_stop else t + h_step
             if f1 is None:
-                f1 = f(t1, y1, 0)
+                f1 = f(t1, y1, -1 if at_jump else 0)
                 nfe += 1
             dense_ks = None
             if (i_out < n_out and t_out[i_out] <= t1) or record_dense or event is not None:
@@ -218,6 +223,12 @@ def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKSteppe
 
     res.n_steps, res.n_accepted, res.n_rejected, res.nfe = n_steps, n_acc, n_rej, nfe
     res.t_final = t
+    return res
+
+
+def _fail(res: LoopResult, status: int, exc_type, message: str, t: float, dt: float | None):
+    res.status, res.message = status, message
+    res.error = exc_type(message, t=t, dt=dt)
     return res
 
 
