@@ -42,8 +42,9 @@ FIXED = ["euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implic
 @pytest.mark.parametrize("method", ADAPTIVE)
 def test_adaptive_methods_match_torchdiffeq_and_exact_solution(method):
     t = torch.linspace(0, 5, 11, dtype=torch.float64)
-    ys_n = neurode.odeint(Spiral(), Z0, t, rtol=1e-8, atol=1e-8, method=method)
-    ys_t = torchdiffeq.odeint(Spiral(), Z0, t, rtol=1e-8, atol=1e-8, method=method)
+    tol = 1e-5 if method in ("adaptive_heun", "fehlberg2") else 1e-8  # 2nd order: many steps
+    ys_n = neurode.odeint(Spiral(), Z0, t, rtol=tol, atol=tol, method=method)
+    ys_t = torchdiffeq.odeint(Spiral(), Z0, t, rtol=tol, atol=tol, method=method)
     assert ys_n.shape == ys_t.shape == (11, 2)
     assert torch.equal(ys_n[0], Z0)
     err_n = (ys_n - exact(t)).abs().max().item()

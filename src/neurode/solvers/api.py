@@ -145,6 +145,35 @@ def _assemble(pb: Problem, res: LoopResult, throw: bool) -> Tensor:
     return out
 
 
+def _solve(pb: Problem, record_dense: bool, throw: bool) -> tuple[LoopResult, Tensor]:
+    """Integrate and assemble ``(T, N)`` outputs; gradients w.r.t. the times if ``t`` needs them.
+
+    Steps are chosen on host floats, so autograd alone would not see ``t``. When ``t`` requires
+    grad, the exact sensitivities of the continuous solution are attached instead:
+    ``∂y(t_i)/∂t_i = f(t_i, y(t_i))`` and ``∂y(t_i)/∂t_0 = −Φ(t_i, t_0) f(t_0, y_0)``, the latter by
+    starting from ``y0 − (t0 − stop_grad(t0))·f(t0, y0)`` so backprop through the steps applies
+    ``Φ``. Costs one evaluation per output time, and only when ``t.requires_grad``.
+    """
+    time_grad = pb.t.requires_grad and torch.is_grad_enabled()
+    y0 = pb.y0
+    if time_grad:
+        t = pb.t.to(pb.time_dtype)
+        with torch.no_grad():
+            f0 = pb.sign * pb.f(pb.t_out[0], y0, 0)
+        pb.y0 = y0 - (t[0] - t[0].detach()) * f0
+    res = _integrate(pb, record_dense)
+    out = _assemble(pb, res, throw)
+    if time_grad:
+        pb.y0 = y0
+        rows = [y0]
+        for i in range(1, out.shape[0]):
+            with torch.no_grad():
+                fi = pb.sign * pb.f(pb.t_out[i], out[i], 0)
+            rows.append(out[i] + (t[i] - t[i].detach()) * fi)
+        out = torch.stack(rows)
+    return res, out
+
+
 def odeint(func: Func, y0: State, t: Tensor, *, rtol: float | Tensor = 1e-7,
            atol: float | Tensor = 1e-9, method: str | None = None,
            options: dict[str, Any] | None = None, event_fn: Callable | None = None):
@@ -179,8 +208,7 @@ def odeint(func: Func, y0: State, t: Tensor, *, rtol: float | Tensor = 1e-7,
         return integrate_event(func, y0, t, event_fn, rtol=rtol, atol=atol, method=method,
                                options=options)
     pb = make_problem(func, y0, t, rtol, atol, method, options)
-    res = _integrate(pb)
-    out = _assemble(pb, res, throw=True)
+    _, out = _solve(pb, record_dense=False, throw=True)
     return pb.unflatten(out.reshape(out.shape[0], -1)) if pb.is_tuple else out
 
 
@@ -199,8 +227,7 @@ def solve_ivp(func: Func, y0: State, t_eval: Tensor, *, method: str = "dopri5",
             ``message`` saying where and why, and NaN rows for the times not reached.
     """
     pb = make_problem(func, y0, t_eval, rtol, atol, method, options)
-    res = _integrate(pb, record_dense=dense)
-    out = _assemble(pb, res, throw=throw)
+    res, out = _solve(pb, record_dense=dense, throw=throw)
     ys = pb.unflatten(out.reshape(out.shape[0], -1)) if pb.is_tuple else out
     stats = Stats(nfe=res.nfe, n_steps=res.n_steps, n_accepted=res.n_accepted,
                   n_rejected=res.n_rejected)
