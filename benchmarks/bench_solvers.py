@@ -32,6 +32,12 @@ max |library − reference| over all outputs for each library, so that "same or 
 tolerance" can be judged together with accuracy.
 
 Everything, including raw samples and machine information, is written as JSON to ``--out``.
+Other processes on the machine (a test suite running beside the benchmark on a 2-core box) make
+samples stall, by seconds when they contend with PyTorch's intra-op threads; medians absorb a
+minority of such samples, and the JSON records each case's load averages, per-sample CPU times
+and the number of samples above twice the median, so a contaminated run can be recognised.
+
+``benchmarks/profile_overhead.py`` isolates the solvers' own per-step cost on the same cases.
 """
 
 from __future__ import annotations

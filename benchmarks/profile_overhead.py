@@ -58,17 +58,27 @@ class Recorder(nn.Module):
 
 
 class Replay(nn.Module):
-    """Returns recorded outputs in order, ignoring ``t`` and ``y`` (no tensor op at all)."""
+    """Returns recorded outputs in order, ignoring ``t`` and ``y`` (no tensor op at all).
+
+    ``rewind()`` before each solve; ``used()`` is the number of outputs returned since.
+    (No attribute is assigned per call: ``nn.Module.__setattr__`` is slow.)
+    """
 
     def __init__(self, outputs: list[Tensor]):
         super().__init__()
         self.outputs = outputs
-        self.i = 0
+        self.rewind()
+
+    def rewind(self) -> None:
+        self._it = iter(self.outputs)
+        self._count = iter(range(1, len(self.outputs) + 2))
+
+    def used(self) -> int:
+        return next(self._count) - 1
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
-        out = self.outputs[self.i]
-        self.i += 1
-        return out
+        next(self._count)
+        return next(self._it)
 
 
 class OpCounter(TorchDispatchMode):
@@ -114,7 +124,7 @@ def profile_case(case: bench.Case, repeats: int, top: int) -> dict:
         replay = Replay(recorder.outputs)
 
         def solve(f=replay, odeint=odeint):
-            f.i = 0
+            f.rewind()
             with torch.no_grad():
                 return odeint(f, y0, t, options=dict(case.options), **kwargs)
 
@@ -123,7 +133,7 @@ def profile_case(case: bench.Case, repeats: int, top: int) -> dict:
                 return odeint(bench.Field(net), y0, t, options=dict(case.options), **kwargs)
 
         for _ in range(3):  # replay is faithful (same steps, same numbers), and repeatable
-            if not torch.equal(solve(), ys) or replay.i != len(recorder.outputs):
+            if not torch.equal(solve(), ys) or replay.used() != len(recorder.outputs):
                 raise RuntimeError(f"{lib}: replayed solve differs from the real one")
         replays[lib], solves[lib], reals[lib] = replay, solve, real
         rec["libs"][lib] = {"nfe": counter.nfe, "n_steps": counter.n_steps}
@@ -139,7 +149,7 @@ def profile_case(case: bench.Case, repeats: int, top: int) -> dict:
     call, tt = Replay([y0] * 10_000), torch.zeros(())
 
     def calls():
-        call.i = 0
+        call.rewind()
         for _ in range(10_000):
             call(tt, y0)
 
@@ -173,6 +183,8 @@ def profile_case(case: bench.Case, repeats: int, top: int) -> dict:
         rows.sort(key=lambda r: r["tottime_ms"], reverse=True)
         d["cprofile_top_tottime"] = rows[:top]
         d["cprofile_total_ms"] = 1e3 * st.total_tt
+        # Own time of built-ins (torch ops, C methods; file "~") vs Python-level code.
+        d["cprofile_builtin_ms"] = 1e3 * sum(v[2] for k, v in st.stats.items() if k[0] == "~")
     rec["module_call_us"] = 1e6 * module_call
     return rec
 
@@ -191,8 +203,9 @@ def report(rec: dict) -> str:
           f"{d['overhead_us_per_eval']:.1f} us/evaluation")
         p(f"   aten ops: {d['aten_ops']} total, {d['aten_ops_per_step']:.1f}/step; top: "
           + ", ".join(f"{k} {v}" for k, v in d["top_aten_ops"]))
-        p(f"   python calls: {d['python_calls_per_step']:.0f}/step; cProfile top own time "
-          f"(profiled total {d['cprofile_total_ms']:.1f} ms):")
+        p(f"   python calls: {d['python_calls_per_step']:.0f}/step; cProfile (inflates Python "
+          f"code): total {d['cprofile_total_ms']:.1f} ms, built-ins (torch ops) "
+          f"{d['cprofile_builtin_ms']:.1f} ms; top own time:")
         for r in d["cprofile_top_tottime"]:
             p(f"     {r['tottime_ms']:8.2f} ms {r['ncalls']:7d}x  {r['function']}")
     return out.getvalue()

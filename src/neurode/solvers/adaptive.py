@@ -7,6 +7,7 @@ synchronisation per step is reading the error ratio that decides accept/reject.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -190,13 +191,19 @@ def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKSteppe
                         n_steps, n_acc, n_rej, nfe)
                     res.event_step = (t, y, h_step, dense_ks)
                     return res
-            while i_out < n_out and t_out[i_out] <= t1:
-                to = t_out[i_out]
-                if to == t1:
+            if i_out < n_out and t_out[i_out] <= t1:
+                j = bisect.bisect_right(t_out, t1, i_out)
+                thetas = [(to - t) / h_step for to in t_out[i_out:j]]
+                exact_end = t_out[j - 1] == t1
+                if exact_end:
+                    thetas.pop()
+                if len(thetas) == 1:
+                    ys.append(stepper.interpolate(y, dense_ks, h_step, thetas[0]))
+                elif thetas:
+                    ys.extend(stepper.interpolate_many(y, dense_ks, h_step, thetas))
+                if exact_end:
                     ys.append(y1)
-                else:
-                    ys.append(stepper.interpolate(y, dense_ks, h_step, (to - t) / h_step))
-                i_out += 1
+                i_out = j
             if record_dense:
                 d = res.dense
                 d.t.append(t)

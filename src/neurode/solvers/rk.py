@@ -120,6 +120,21 @@ class RKStepper:
         """``y(t + θh)`` from the continuous extension of the step."""
         return combine(y, dense_ks, self.dense_weights(theta), h)
 
+    def interpolate_many(self, y: Tensor, dense_ks: Sequence[Tensor], h: float,
+                         thetas: Sequence[float]) -> list[Tensor]:
+        """``y(t + θ_i h)`` for several ``θ_i`` at once: one ``(m, S)·(S, N)`` matrix product."""
+        n = len(dense_ks)
+        rows = []
+        for th in thetas:
+            row = [0.0] * n
+            for j, w in self.dense_weights(th):
+                row[j] = w
+            rows.append(row)
+        W = torch.tensor(rows, dtype=y.dtype, device=y.device)
+        K = torch.stack([k.reshape(-1) for k in dense_ks])
+        out = torch.addmm(y.reshape(1, -1), W, K, alpha=h)
+        return list(out.view(len(thetas), *y.shape).unbind(0))
+
 
 @cache
 def get_stepper(tableau: ButcherTableau) -> RKStepper:
