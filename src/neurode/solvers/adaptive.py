@@ -54,6 +54,12 @@ class DenseRecord:
     y: list[Tensor] = field(default_factory=list)
     ks: list[list[Tensor]] = field(default_factory=list)
 
+    def append(self, t: float, h: float, y: Tensor, ks: list[Tensor]) -> None:
+        self.t.append(t)
+        self.h.append(h)
+        self.y.append(y)
+        self.ks.append(ks)
+
 
 @dataclass
 class LoopResult:
@@ -205,11 +211,7 @@ def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKSteppe
                     ys.append(y1)
                 i_out = j
             if record_dense:
-                d = res.dense
-                d.t.append(t)
-                d.h.append(h_step)
-                d.y.append(y)
-                d.ks.append(dense_ks)
+                res.dense.append(t, h_step, y, dense_ks)
             if cb_accept is not None:
                 cb_accept(t, y, h_step)
             if hit_stop:

@@ -69,7 +69,7 @@ class PIDController:
     """
 
     def __init__(self, k: int, *, safety: float = 0.9, ifactor: float = 10.0,
-                 dfactor: float = 0.2, pcoeff: float = 0.0, icoeff: float = 1.0,
+                 dfactor: float = 0.2, pcoeff: float = 0.1, icoeff: float = 1.0,
                  dcoeff: float = 0.0, min_step: float = 0.0, max_step: float = math.inf):
         self.k = k
         self.safety = safety

@@ -88,6 +88,13 @@ def _emit(ys: list[Tensor], t_out: list[float], i_out: int, g0: float, g1: float
     return i_out
 
 
+def _finish(res: LoopResult, grid: list[float], nfe: int) -> LoopResult:
+    res.n_steps = res.n_accepted = len(grid) - 1
+    res.nfe = nfe
+    res.t_final = grid[-1]
+    return res
+
+
 def integrate_fixed(f: RHS, y0: Tensor, t_out: list[float], grid: list[float],
                     stepper: RKStepper, *, interp: str = "linear", perturb: bool = False,
                     callbacks=None, record_dense: bool = False) -> LoopResult:
@@ -122,17 +129,11 @@ def integrate_fixed(f: RHS, y0: Tensor, t_out: list[float], grid: list[float],
             nfe += 1
         i_out = _emit(ys, t_out, i_out, g0, g1, y, y1, interp, k0, f1)
         if record_dense:
-            res.dense.t.append(g0)
-            res.dense.h.append(h)
-            res.dense.y.append(y)
-            res.dense.ks.append([k0, y1, f1])
+            res.dense.append(g0, h, y, [k0, y1, f1])
         if cb_accept is not None:
             cb_accept(g0, y, h)
         y, k0 = y1, f1
-    res.n_steps = res.n_accepted = len(grid) - 1
-    res.nfe = nfe
-    res.t_final = grid[-1]
-    return res
+    return _finish(res, grid, nfe)
 
 
 # Below this many past values the Adams loop takes rk4 steps; above, the order grows with the
@@ -230,10 +231,7 @@ def integrate_adams(f: RHS, y0: Tensor, t_out: list[float], grid: list[float], *
         nfe += 1
         i_out = _emit(ys, t_out, i_out, g0, g1, y, y1, interp, fy, f1)
         if record_dense:
-            res.dense.t.append(g0)
-            res.dense.h.append(h)
-            res.dense.y.append(y)
-            res.dense.ks.append([fy, y1, f1])
+            res.dense.append(g0, h, y, [fy, y1, f1])
         if cb_accept is not None:
             cb_accept(g0, y, h)
         hist_t.append(g1)
@@ -241,7 +239,4 @@ def integrate_adams(f: RHS, y0: Tensor, t_out: list[float], grid: list[float], *
         if len(hist_f) > max_order:
             del hist_t[0], hist_f[0]
         y, fy = y1, f1
-    res.n_steps = res.n_accepted = len(grid) - 1
-    res.nfe = nfe
-    res.t_final = grid[-1]
-    return res
+    return _finish(res, grid, nfe)
