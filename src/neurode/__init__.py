@@ -15,6 +15,7 @@ from neurode.errors import (
     UnknownMethodError,
     UnknownOptionError,
 )
+from neurode.gradients import odeint_adjoint
 from neurode.solvers import (
     METHODS,
     TABLEAUX,
@@ -48,6 +49,7 @@ __all__ = [
     "UnknownOptionError",
     "__version__",
     "odeint",
+    "odeint_adjoint",
     "odeint_dense",
     "odeint_event",
     "solve_ivp",

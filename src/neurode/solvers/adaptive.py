@@ -74,6 +74,7 @@ class LoopResult:
     error: Exception | None = None
     dense: DenseRecord | None = None
     event_step: tuple | None = None
+    h_next: float | None = None  # the controller's proposal for the step after the last one
 
 
 def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKStepper,
@@ -232,6 +233,7 @@ def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKSteppe
 
     res.n_steps, res.n_accepted, res.n_rejected, res.nfe = n_steps, n_acc, n_rej, nfe
     res.t_final = t
+    res.h_next = h
     return res
 
 

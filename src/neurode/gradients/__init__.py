@@ -1,0 +1,6 @@
+"""Gradients of ODE solutions: the adjoint method, checkpointed and reversible adjoints,
+differentiable events and forward-mode sensitivities. Depends on :mod:`neurode.solvers` only."""
+
+from neurode.gradients.adjoint import odeint_adjoint
+
+__all__ = ["odeint_adjoint"]
