@@ -15,7 +15,7 @@ from neurode.errors import (
     UnknownMethodError,
     UnknownOptionError,
 )
-from neurode.gradients import odeint_adjoint
+from neurode.gradients import odeint_adjoint, odeint_checkpoint
 from neurode.solvers import (
     METHODS,
     TABLEAUX,
@@ -50,6 +50,7 @@ __all__ = [
     "__version__",
     "odeint",
     "odeint_adjoint",
+    "odeint_checkpoint",
     "odeint_dense",
     "odeint_event",
     "solve_ivp",

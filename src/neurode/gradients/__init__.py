@@ -2,5 +2,6 @@
 differentiable events and forward-mode sensitivities. Depends on :mod:`neurode.solvers` only."""
 
 from neurode.gradients.adjoint import odeint_adjoint
+from neurode.gradients.checkpoint import odeint_checkpoint
 
-__all__ = ["odeint_adjoint"]
+__all__ = ["odeint_adjoint", "odeint_checkpoint"]

@@ -79,20 +79,23 @@ class LoopResult:
 
 def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKStepper,
                        cfg: AdaptiveConfig, *, callbacks=None, record_dense: bool = False,
-                       event=None, time_sign: float = 1.0) -> LoopResult:
+                       record_steps: bool = False, event=None,
+                       time_sign: float = 1.0) -> LoopResult:
     """Integrate from ``t_out[0]`` to ``t_out[-1]`` (increasing floats); ``y`` at ``t_out``.
 
     ``f(t, y, perturb)`` is the internal vector field. Failures are stored in the result
     (``status < 0``, ``error``) rather than raised, so that callers may inspect partial output.
     ``event`` (optional) is called as ``event(t0, y0, t1, y1, interp)`` after each accepted step and
-    returns a time at which to stop, or None.
+    returns a time at which to stop, or None. ``record_dense`` keeps every accepted step's start
+    and dense stages (for dense output); ``record_steps`` only the start ``(t, h, y)`` (for
+    checkpointed gradients).
     """
     norm = cfg.norm
     rtol, atol = cfg.rtol, cfg.atol
     t0 = t_out[0]
     t_end = t_out[-1]
     res = LoopResult(ys=[y0], t_final=t0)
-    if record_dense:
+    if record_dense or record_steps:
         res.dense = DenseRecord()
     n_out = len(t_out)
     if n_out == 1:
@@ -211,8 +214,8 @@ def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKSteppe
                 if exact_end:
                     ys.append(y1)
                 i_out = j
-            if record_dense:
-                res.dense.append(t, h_step, y, dense_ks)
+            if record_dense or record_steps:
+                res.dense.append(t, h_step, y, dense_ks if record_dense else None)
             if cb_accept is not None:
                 cb_accept(t, y, h_step)
             if hit_stop:

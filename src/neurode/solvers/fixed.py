@@ -97,10 +97,11 @@ def _finish(res: LoopResult, grid: list[float], nfe: int) -> LoopResult:
 
 def integrate_fixed(f: RHS, y0: Tensor, t_out: list[float], grid: list[float],
                     stepper: RKStepper, *, interp: str = "linear", perturb: bool = False,
-                    callbacks=None, record_dense: bool = False) -> LoopResult:
+                    callbacks=None, record_dense: bool = False,
+                    record_steps: bool = False) -> LoopResult:
     """March an explicit RK method over ``grid``; ``y`` at ``t_out`` (both increasing floats)."""
     res = LoopResult(ys=[y0], t_final=t_out[0])
-    if record_dense:
+    if record_dense or record_steps:
         res.dense = DenseRecord()
     n_out = len(t_out)
     if n_out == 1:
@@ -128,8 +129,8 @@ def integrate_fixed(f: RHS, y0: Tensor, t_out: list[float], grid: list[float],
             f1 = f(g1, y1, 0)
             nfe += 1
         i_out = _emit(ys, t_out, i_out, g0, g1, y, y1, interp, k0, f1)
-        if record_dense:
-            res.dense.append(g0, h, y, [k0, y1, f1])
+        if record_dense or record_steps:
+            res.dense.append(g0, h, y, [k0, y1, f1] if record_dense else None)
         if cb_accept is not None:
             cb_accept(g0, y, h)
         y, k0 = y1, f1
