@@ -15,7 +15,7 @@ from neurode.errors import (
     UnknownMethodError,
     UnknownOptionError,
 )
-from neurode.gradients import odeint_adjoint, odeint_checkpoint
+from neurode.gradients import odeint_adjoint, odeint_checkpoint, odeint_event
 from neurode.solvers import (
     METHODS,
     TABLEAUX,
@@ -25,7 +25,6 @@ from neurode.solvers import (
     Stats,
     odeint,
     odeint_dense,
-    odeint_event,
     solve_ivp,
 )
 

@@ -2,10 +2,9 @@
 and the front door (``odeint``, ``odeint_dense``, ``solve_ivp``)."""
 
 from neurode.solvers.api import odeint, odeint_dense, solve_ivp
-from neurode.solvers.events import odeint_event
 from neurode.solvers.registry import METHODS, MethodSpec, register_method
 from neurode.solvers.solution import DenseOutput, Solution, Stats
 from neurode.solvers.tableaux import TABLEAUX, ButcherTableau
 
 __all__ = ["METHODS", "TABLEAUX", "ButcherTableau", "DenseOutput", "MethodSpec", "Solution",
-           "Stats", "odeint", "odeint_dense", "odeint_event", "register_method", "solve_ivp"]
+           "Stats", "odeint", "odeint_dense", "register_method", "solve_ivp"]

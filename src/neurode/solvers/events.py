@@ -19,7 +19,7 @@ from neurode.solvers.fixed import _hermite
 from neurode.solvers.problem import Problem, make_problem
 from neurode.solvers.rk import get_stepper
 
-__all__ = ["integrate_event", "odeint_event"]
+__all__ = ["integrate_event"]
 
 _EPS = 2.220446049250313e-16
 
@@ -60,7 +60,7 @@ class _EventWatcher:
         with torch.no_grad():
             v0 = self._raw(pb.t_out[0], pb.y0)
         self.signs = torch.where(v0 >= 0, 1.0, -1.0).to(v0.dtype)
-        self.g0 = float((v0 * self.signs).min())
+        self.g0 = float((v0.detach() * self.signs).min())
         self.found: tuple[float, Tensor] | None = None
 
     def _raw(self, s: float, y: Tensor) -> Tensor:
@@ -73,7 +73,7 @@ class _EventWatcher:
 
     def value(self, s: float, y: Tensor) -> float:
         with torch.no_grad():
-            return float((self._raw(s, y) * self.signs).min())
+            return float((self._raw(s, y).detach() * self.signs).min())
 
     def __call__(self, t0, y0, t1, y1, data, h):
         g1 = self.value(t1, y1)
@@ -158,19 +158,3 @@ def _fixed_until_event(pb: Problem, event_fn, max_steps: int = 1_000_000):
             return s, interp(t, y, t + h, y1, (k0, f1), h, s)
         t, y, k0 = t + h, y1, f1
     raise InvalidInputError(f"no event within {max_steps} steps of size {h}")
-
-
-def odeint_event(func, y0, t0, *, event_fn, reverse_time: bool = False, odeint_interface=None,
-                 **kwargs):
-    """Solve from ``t0`` until ``event_fn(t, y) = 0``; returns ``(event_t, solution)``.
-
-    torchdiffeq's signature: ``solution`` holds the state at ``t0`` and at the event time.
-    ``reverse_time`` integrates towards decreasing time. ``odeint_interface`` is the solver
-    entry point to call (``neurode.odeint`` by default).
-    """
-    t0 = torch.as_tensor(t0)
-    direction = -1.0 if reverse_time else 1.0
-    t = torch.cat([t0.reshape(-1), t0.reshape(-1).detach() + direction])
-    if odeint_interface is None:
-        from neurode.solvers.api import odeint as odeint_interface
-    return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)

@@ -1,0 +1,119 @@
+"""Differentiable terminal events.
+
+The event time ``t*`` solves ``g(t*, z(t*)) = 0``. By the implicit function theorem a change
+``dΦ`` of the flow at fixed time moves it by ``dt* = −g_z·dΦ / (g_t + g_z·f)``, and the state at
+the event by ``dS = dΦ + f dt*``. So for a loss ``L(t*, S)`` the gradient reaching the solver's
+state at the (fixed) event time is
+
+    L_S − (L_t + L_S·f) / (g_t + g_z·f) · g_z,
+
+which :class:`_EventRerouting` applies in its backward pass: the solver's own graph (backprop or
+adjoint) then carries it to ``y0`` and the parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from neurode.errors import NonFiniteStateError
+from neurode.solvers.api import odeint
+from neurode.solvers.events import integrate_event
+
+__all__ = ["odeint_event", "odeint_event_adjoint"]
+
+
+def _flat(x) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    return torch.cat([p.reshape(-1) for p in x])
+
+
+class _EventRerouting(torch.autograd.Function):
+    """Identity on ``(event_t, state)``; backward reroutes the time gradient into the state."""
+
+    @staticmethod
+    def forward(ctx, func, event_fn, unflatten, event_t: Tensor, state: Tensor):
+        ctx.func, ctx.event_fn, ctx.unflatten = func, event_fn, unflatten
+        ctx.save_for_backward(event_t, state)
+        return event_t.clone(), state.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_t: Tensor, grad_state: Tensor):
+        event_t, state = ctx.saved_tensors
+        with torch.enable_grad():
+            tt = event_t.detach().requires_grad_(True)
+            yy = state.detach().requires_grad_(True)
+            g = ctx.event_fn(tt, ctx.unflatten(yy))
+            g_t, g_y = torch.autograd.grad(g.sum(), (tt, yy), allow_unused=True)
+        with torch.no_grad():
+            f = _flat(ctx.func(event_t, ctx.unflatten(state)))
+            g_t = torch.zeros_like(event_t) if g_t is None else g_t
+            g_y = torch.zeros_like(state) if g_y is None else g_y
+            dgdt = g_t + (g_y * f).sum()
+            if not bool(torch.isfinite(1.0 / dgdt)) or float(dgdt.abs()) == 0.0:
+                raise NonFiniteStateError(
+                    "the event function crosses zero tangentially (dg/dt = 0 at the event), so "
+                    "the event time has no derivative there", t=float(event_t))
+            total_t = (grad_t if grad_t is not None else 0.0) + (grad_state * f).sum()
+            new_state_grad = grad_state - (total_t / dgdt) * g_y
+        return None, None, None, None, new_state_grad
+
+
+def _reroute(func, event_fn, y0, event_t: Tensor, solution):
+    is_tuple = not isinstance(solution, Tensor)
+    if is_tuple:
+        shapes = [s.shape[1:] for s in solution]
+        sizes = [s[0].numel() for s in solution]
+
+        def unflatten(v):
+            return tuple(p.view(sh) for p, sh in zip(torch.split(v, sizes), shapes, strict=True))
+
+        state = torch.cat([s[-1].reshape(-1) for s in solution])
+    else:
+        def unflatten(v):
+            return v
+
+        state = solution[-1]
+    event_t, state = _EventRerouting.apply(func, event_fn, unflatten, event_t, state)
+    if is_tuple:
+        parts = unflatten(state)
+        solution = tuple(torch.cat([s[:-1], p[None]]) for s, p in zip(solution, parts,
+                                                                         strict=True))
+    else:
+        solution = torch.cat([solution[:-1], state[None]])
+    return event_t, solution
+
+
+def odeint_event(func: Callable, y0, t0, *, event_fn: Callable, reverse_time: bool = False,
+                 odeint_interface: Callable = odeint, **kwargs):
+    """Solve from ``t0`` until ``event_fn(t, y) = 0``; returns ``(event_t, solution)``.
+
+    torchdiffeq's signature and semantics: ``solution`` holds the state at ``t0`` and at the
+    event. ``event_t`` and the state at the event are differentiable w.r.t. ``y0`` and the
+    parameters (implicit function theorem), through ``odeint`` (backprop) or
+    ``odeint_interface=neurode.odeint_adjoint``.
+    """
+    t0 = torch.as_tensor(t0)
+    direction = -1.0 if reverse_time else 1.0
+    t = torch.cat([t0.reshape(-1), t0.reshape(-1).detach() + direction])
+    event_t, solution = odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
+    return _reroute(func, event_fn, y0, event_t, solution)
+
+
+def odeint_event_adjoint(func, y0, t, event_fn, *, rtol, atol, method, options, **adjoint_kw):
+    """``odeint_adjoint(..., event_fn=...)``: find the event without a graph, then solve to it
+    with the adjoint method so the state at the event carries adjoint gradients."""
+    from neurode.gradients.adjoint import odeint_adjoint
+
+    with torch.no_grad():
+        event_t, _ = integrate_event(func, y0, t, event_fn, rtol=rtol, atol=atol, method=method,
+                                     options=options)
+    t = torch.as_tensor(t)
+    t_span = torch.stack([t.reshape(-1)[0], event_t.to(t.dtype)])
+    solution = odeint_adjoint(func, y0, t_span, rtol=rtol, atol=atol, method=method,
+                              options=options, **adjoint_kw)
+    return event_t, solution
