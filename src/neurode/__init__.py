@@ -15,7 +15,7 @@ from neurode.errors import (
     UnknownMethodError,
     UnknownOptionError,
 )
-from neurode.gradients import odeint_adjoint, odeint_checkpoint, odeint_event
+from neurode.gradients import odeint_adjoint, odeint_checkpoint, odeint_event, odeint_jvp
 from neurode.solvers import (
     METHODS,
     TABLEAUX,
@@ -52,5 +52,6 @@ __all__ = [
     "odeint_checkpoint",
     "odeint_dense",
     "odeint_event",
+    "odeint_jvp",
     "solve_ivp",
 ]

@@ -4,5 +4,6 @@ differentiable events and forward-mode sensitivities. Depends on :mod:`neurode.s
 from neurode.gradients.adjoint import odeint_adjoint
 from neurode.gradients.checkpoint import odeint_checkpoint
 from neurode.gradients.events import odeint_event
+from neurode.gradients.forward import odeint_jvp
 
-__all__ = ["odeint_adjoint", "odeint_checkpoint", "odeint_event"]
+__all__ = ["odeint_adjoint", "odeint_checkpoint", "odeint_event", "odeint_jvp"]

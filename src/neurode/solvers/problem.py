@@ -153,6 +153,10 @@ def _check_tol(tol, name: str, y0: Tensor, shapes) -> float | Tensor:
             tol = float(tol)
         else:
             tol = tol.to(device=y0.device, dtype=y0.real.dtype)
+            if shapes is not None and tol.shape != y0.shape:
+                raise InvalidInputError(
+                    f"{name} for a tuple y0 must be a number or a sequence with one entry per "
+                    f"component; a tensor of shape {tuple(tol.shape)} does not match")
             if shapes is None:
                 try:
                     torch.broadcast_shapes(tol.shape, y0.shape)
