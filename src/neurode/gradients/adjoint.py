@@ -155,8 +155,9 @@ def _adjoint_backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tenso
     def aug_func(tt: Tensor, state):
         y, a = state[0], state[1]
         counter[0] += 1
-        if names is not None:
-            # Functional VJP: also valid inside torch.func transforms (torch.func.grad).
+        if names is not None and torch._C._functorch.peek_interpreter_stack() is not None:
+            # Inside a torch.func transform (torch.func.grad) autograd.grad is unavailable: use
+            # a functional VJP. Outside, autograd.grad is ~1.5x faster.
             def fn(y_, *ps):
                 with _SwapParams(user_func, names, ps):
                     return f_flat(tt, y_)
@@ -270,8 +271,9 @@ def odeint_adjoint(func: Callable, y0, t, *, rtol: float | Tensor = 1e-7,
                                   "options": a_options})
     needs_grad = torch.is_grad_enabled() and (
         pb.y0.requires_grad or pb.t.requires_grad or any(p.requires_grad for p in params))
-    if not needs_grad:
-        return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
+    if not needs_grad:  # nothing listed needs a gradient: no graph at all (as torchdiffeq)
+        with torch.no_grad():
+            return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
     spec.param_names = _param_names(func, params)
     ys = _AdjointSolve.apply(spec, pb.y0, pb.t, *params)
     out = pb.unflatten(ys.reshape(ys.shape[0], -1)) if pb.is_tuple else ys

@@ -177,7 +177,8 @@ def odeint_checkpoint(func: Callable, y0, t, *, rtol: float | Tensor = 1e-7,
             f"{pb.method.name!r}")
     needs_grad = torch.is_grad_enabled() and (
         pb.y0.requires_grad or pb.t.requires_grad or any(p.requires_grad for p in params))
-    if not needs_grad:
-        return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
+    if not needs_grad:  # nothing listed needs a gradient: no graph at all (as torchdiffeq)
+        with torch.no_grad():
+            return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
     ys = _CheckpointSolve.apply(_Spec(pb), pb.y0, pb.t, *params)
     return pb.unflatten(ys.reshape(ys.shape[0], -1)) if pb.is_tuple else ys
