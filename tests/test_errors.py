@@ -384,3 +384,18 @@ def test_successful_solve_reports_success():
     sol = neurode.solve_ivp(decay, Y0, T01)
     assert sol.status == 0 and sol.success and sol.message == "success"
     assert math.isclose(float(sol.ys[-1, 0]), math.exp(-1), rel_tol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "alf"])
+def test_steps_pinned_at_min_step_terminate_when_an_output_time_rounds_above_it(method):
+    """first_step = min_step = max_step and an output time that is not a float multiple of the
+    step: the last step before the output is min_step plus a rounding error and must still be
+    accepted (it cannot shrink), rather than rejected for ever."""
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    opts = {"first_step": 0.05, "min_step": 0.05, "max_step": 0.05, "max_num_steps": 1000}
+    sol = neurode.solve_ivp(lambda t, y: y * (1 - y), torch.tensor(0.2, dtype=torch.float64),
+                            t, method=method, options=opts)
+    assert sol.status == 0
+    assert sol.stats.n_accepted == 20
+    exact = 1 / (1 + 4 * math.exp(-1.0))
+    assert abs(float(sol.ys[-1]) - exact) < 1e-3

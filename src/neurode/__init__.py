@@ -15,7 +15,13 @@ from neurode.errors import (
     UnknownMethodError,
     UnknownOptionError,
 )
-from neurode.gradients import odeint_adjoint, odeint_checkpoint, odeint_event, odeint_jvp
+from neurode.gradients import (
+    odeint_adjoint,
+    odeint_checkpoint,
+    odeint_event,
+    odeint_jvp,
+    odeint_reversible,
+)
 from neurode.solvers import (
     METHODS,
     TABLEAUX,
@@ -53,5 +59,6 @@ __all__ = [
     "odeint_dense",
     "odeint_event",
     "odeint_jvp",
+    "odeint_reversible",
     "solve_ivp",
 ]

@@ -5,5 +5,6 @@ from neurode.gradients.adjoint import odeint_adjoint
 from neurode.gradients.checkpoint import odeint_checkpoint
 from neurode.gradients.events import odeint_event
 from neurode.gradients.forward import odeint_jvp
+from neurode.gradients.reversible import odeint_reversible
 
-__all__ = ["odeint_adjoint", "odeint_checkpoint", "odeint_event", "odeint_jvp"]
+__all__ = ["odeint_adjoint", "odeint_checkpoint", "odeint_event", "odeint_jvp", "odeint_reversible"]

@@ -191,7 +191,7 @@ def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKSteppe
             ratio_t, y1_abs = error_ratio(err, err_low, y_abs, y1, rtol, atol, norm)
         ratio = float(ratio_t)  # the one host synchronisation of the step
         n_steps += 1
-        accept = ratio <= 1.0 or (h_step <= cfg.min_step and math.isfinite(ratio))
+        accept = ratio <= 1.0 or (min(h, h_step) <= cfg.min_step and math.isfinite(ratio))
 
 
         if accept:
