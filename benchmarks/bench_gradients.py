@@ -295,6 +295,15 @@ def print_memory(mem: dict) -> None:
     print("  forward-only peak extra MB: " + "; ".join(
         f"{m} " + "/".join(f"{r['forward_peak_extra_mb']:.1f}" for r in mem["results"][m]
                            if "forward_peak_extra_mb" in r) for m in mem["methods"]))
+    totals = []
+    for m in mem["methods"]:
+        tot = [r["baseline_rss_mb"] + r["peak_extra_mb"] for r in mem["results"][m]
+               if "peak_extra_mb" in r]
+        if len(tot) >= 2:
+            totals.append(f"{m} " + "/".join(f"{x:.0f}" for x in tot)
+                          + f" ({tot[-1] / tot[0]:.2f}x)")
+    print("  peak total RSS, MB (baseline + extra; ratio largest/smallest measured): "
+          + "; ".join(totals))
     print("  checkpoint's stored states alone (steps x state bytes): " + ", ".join(
         f"{s}: {v:.1f} MB" for s, v in mem["checkpoint_state_storage_mb"].items()))
     if mem["malloc_mmap_threshold"] is not None:

@@ -23,9 +23,13 @@ import torch
 from torch import Tensor, nn
 
 from neurode.errors import InvalidInputError
+from neurode.gradients._functorch import in_transform, param_names, run_backward, vmap_solve
 from neurode.solvers.api import _integrate, odeint
 from neurode.solvers.controller import rms_norm
 from neurode.solvers.problem import Problem, make_problem
+from neurode.solvers.quadrature import Quadrature, attach
+from neurode.solvers.registry import get_method
+from neurode.solvers.rk import get_stepper
 
 __all__ = ["odeint_adjoint"]
 
@@ -62,15 +66,6 @@ def _resolve_params(func, adjoint_params) -> tuple[Tensor, ...]:
         if not isinstance(p, Tensor):
             raise InvalidInputError(f"adjoint_params[{i}] must be a Tensor, got {type(p).__name__}")
     return params
-
-
-def _param_names(func, active: Sequence[Tensor]) -> list[str] | None:
-    """Names of ``active`` among ``func``'s parameters, if func is a Module that owns them all."""
-    if not isinstance(func, nn.Module):
-        return None
-    by_id = {id(p): name for name, p in func.named_parameters(remove_duplicate=False)}
-    names = [by_id.get(id(p)) for p in active]
-    return None if any(n is None for n in names) else names
 
 
 class _SwapParams:
@@ -121,12 +116,18 @@ class _AdjointSolve(torch.autograd.Function):
         ctx.save_for_backward(t, output, *params)
 
     @staticmethod
+    def vmap(info, in_dims, spec: _Spec, y0: Tensor, t: Tensor, *params: Tensor):
+        """``torch.func.vmap`` over ``y0``: one adjoint solve per sample (each with its own
+        steps, as the unbatched calls would take), stacked along dimension 0."""
+        return vmap_solve(_AdjointSolve, info, in_dims, spec, y0, t, params)
+
+    @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_ys: Tensor):
         spec: _Spec = ctx.spec
         t, ys, *params = ctx.saved_tensors
-        grad_y0, grad_t, grad_params = _adjoint_backward(spec, t, ys, params, grad_ys,
-                                                         ctx.needs_input_grad)
+        grad_y0, grad_t, grad_params = run_backward(_adjoint_backward, spec, t, ys, params,
+                                                    grad_ys, ctx.needs_input_grad)
         return (None, grad_y0, grad_t, *grad_params)
 
 
@@ -138,7 +139,9 @@ def _adjoint_backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tenso
     shapes = pb.shapes
     opts = spec.adjoint
     n = ys.shape[0]
-    grad_params_wanted = [p.requires_grad for p in params]
+    # needs (not p.requires_grad): inside torch.func transforms the backward may see unwrapped
+    # parameters that no longer say they require grad.
+    grad_params_wanted = list(needs[3:3 + len(params)])
     active = [p for p, w in zip(params, grad_params_wanted, strict=True) if w]
     t_user = pb.t.detach().to(pb.time_dtype)
 
@@ -149,13 +152,16 @@ def _adjoint_backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tenso
         return out
 
     counter = [0]
+    # The saved parameters are swapped into func (functional VJP) unless func still reads them:
+    # after a torch.func.functional_call has returned, or inside a transform, it does not.
+    functional = not all(p.requires_grad for p in active)
     names = None if spec.param_names is None else [
         n for n, w in zip(spec.param_names, grad_params_wanted, strict=True) if w]
 
-    def aug_func(tt: Tensor, state):
-        y, a = state[0], state[1]
+    def vjp(tt: Tensor, y: Tensor, a: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """``(f, −a·∂f/∂z, −a·∂f/∂θ)`` at ``(tt, y)``: one VJP."""
         counter[0] += 1
-        if names is not None and torch._C._functorch.peek_interpreter_stack() is not None:
+        if names is not None and (functional or in_transform()):
             # Inside a torch.func transform (torch.func.grad) autograd.grad is unavailable: use
             # a functional VJP. Outside, autograd.grad is ~1.5x faster.
             def fn(y_, *ps):
@@ -172,17 +178,41 @@ def _adjoint_backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tenso
         vjp_y = grads[0] if grads[0] is not None else torch.zeros_like(y)
         vjp_p = [torch.zeros_like(p) if g is None else g for p, g in zip(active, grads[1:],
                                                                           strict=True)]
-        return (fy.detach(), vjp_y, *vjp_p)
+        return fy.detach(), vjp_y, vjp_p
+
+    def aug_func(tt: Tensor, state):
+        """The whole augmented field ``(z, a, a_θ...)`` as one tuple state (any method)."""
+        fy, vjp_y, vjp_p = vjp(tt, state[0], state[1])
+        return (fy, vjp_y, *vjp_p)
+
+    last_q: list[list[Tensor]] = [[]]
+
+    def aug_func_za(tt: Tensor, state):
+        """The ``(z, a)`` part only; ``−a·∂f/∂θ`` goes to the quadrature beside it."""
+        fy, vjp_y, vjp_p = vjp(tt, state[0], state[1])
+        last_q[0] = vjp_p
+        return (fy, vjp_y)
 
     # Carry the callbacks with the _adjoint suffix onto the augmented function.
     for name in ("callback_step", "callback_accept_step", "callback_reject_step"):
         cb = getattr(user_func, name + "_adjoint", None)
         if cb is not None:
             setattr(aug_func, name, cb)
+            setattr(aug_func_za, name, cb)
 
     norm_opt = opts["options"].get("norm")
     options = dict(opts["options"])
-    if norm_opt == "seminorm":
+    a_spec = get_method(opts["method"] or "dopri5")
+    # The parameter adjoints as a quadrature beside (z, a) (no concatenation into the state, no
+    # stage arithmetic on them): for the Runge–Kutta methods with the default norm or seminorm
+    # and scalar tolerances. Otherwise (Adams, a user norm, per-component tolerances) they join
+    # the state.
+    use_quad = (a_spec.kind in ("adaptive", "fixed") and a_spec.tableau is not None
+                and norm_opt in (None, "seminorm") and bool(active)
+                and all(isinstance(x, (int, float)) for x in (opts["rtol"], opts["atol"])))
+    if use_quad:
+        options.pop("norm", None)  # (z, a) as a tuple: the mixed norm is the seminorm
+    elif norm_opt == "seminorm":
         # Leave the parameter adjoints out of the error control (Kidger et al. 2021): they never
         # feed back into z or a, so their error does not compound.
         options["norm"] = lambda s: torch.maximum(rms_norm(s[0]), rms_norm(s[1]))
@@ -203,18 +233,26 @@ def _adjoint_backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tenso
                 if first_step is not None and pb.method.kind == "adaptive" \
                         and "first_step" not in opts["options"]:
                     o["first_step"] = first_step  # no fresh step-size search per interval
-                aug_pb = make_problem(aug_func, (yi, a, *a_p),
-                                      torch.stack([t_user[i], t_user[i - 1]]),
-                                      opts["rtol"], opts["atol"], opts["method"], o,
-                                      callback_suffix="")
-                res = _integrate(aug_pb)
+                span = torch.stack([t_user[i], t_user[i - 1]])
+                if use_quad:
+                    aug_pb = make_problem(aug_func_za, (yi, a), span, opts["rtol"],
+                                          opts["atol"], opts["method"], o, callback_suffix="")
+                    aug_pb.f = _attaching(aug_pb.f, last_q)
+                    quad = Quadrature(a_p, get_stepper(a_spec.tableau), scale=aug_pb.sign,
+                                      rtol=float(opts["rtol"]), atol=float(opts["atol"]),
+                                      controlled=norm_opt is None)
+                    res = _integrate(aug_pb, quad=quad)
+                else:
+                    aug_pb = make_problem(aug_func, (yi, a, *a_p), span, opts["rtol"],
+                                          opts["atol"], opts["method"], o, callback_suffix="")
+                    res = _integrate(aug_pb)
                 if res.status < 0:
                     raise res.error
                 if res.h_next is not None:
                     first_step = res.h_next
                 out = aug_pb.unflatten(res.ys[-1][None])
                 a = out[1][0]
-                a_p = [x[0] for x in out[2:]]
+                a_p = quad.values if use_quad else [x[0] for x in out[2:]]
             if i > 1:
                 a = a + grad_ys[i - 1]
         if grad_t is not None:  # y(t_0) = y0 itself does not move with t_0: g_0 is left out
@@ -227,6 +265,15 @@ def _adjoint_backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tenso
         grad_params.append(next(it) if w else None)
     grad_t_out = None if grad_t is None else grad_t.to(t.dtype)
     return (a if needs[1] else None), grad_t_out, grad_params
+
+
+def _attaching(f, last_q: list[list[Tensor]]):
+    """Wrap the internal field so that each returned stage value carries its ``−a·∂f/∂θ``."""
+
+    def fq(s: float, y: Tensor, perturb: int = 0) -> Tensor:
+        return attach(f(s, y, perturb), last_q[0])
+
+    return fq
 
 
 def odeint_adjoint(func: Callable, y0, t, *, rtol: float | Tensor = 1e-7,
@@ -274,7 +321,7 @@ def odeint_adjoint(func: Callable, y0, t, *, rtol: float | Tensor = 1e-7,
     if not needs_grad:  # nothing listed needs a gradient: no graph at all (as torchdiffeq)
         with torch.no_grad():
             return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
-    spec.param_names = _param_names(func, params)
+    spec.param_names = param_names(func, params)
     ys = _AdjointSolve.apply(spec, pb.y0, pb.t, *params)
     out = pb.unflatten(ys.reshape(ys.shape[0], -1)) if pb.is_tuple else ys
     return out

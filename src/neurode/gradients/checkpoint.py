@@ -17,6 +17,12 @@ import torch
 from torch import Tensor
 
 from neurode.errors import InvalidInputError
+from neurode.gradients._functorch import (
+    differentiable_params,
+    param_names,
+    run_backward,
+    vmap_solve,
+)
 from neurode.gradients.adjoint import _resolve_params
 from neurode.solvers.adaptive import DenseRecord, integrate_adaptive
 from neurode.solvers.api import _adaptive_config, _grid, odeint
@@ -34,6 +40,7 @@ class _Spec:
         self.t_end = pb.t_out[-1]
         self.nfe_forward = 0
         self.nfe_backward = 0
+        self.param_names: list[str] | None = None
 
 
 def _forward(spec: _Spec):
@@ -74,11 +81,24 @@ class _CheckpointSolve(torch.autograd.Function):
     def backward(ctx, grad_ys: Tensor):
         spec: _Spec = ctx.spec
         t, ys, *params = ctx.saved_tensors
-        return (None, *_backward(spec, t, ys, params, grad_ys, ctx.needs_input_grad))
+        grad_y0, grad_t, grad_p = run_backward(_backward_split, spec, t, ys, params, grad_ys,
+                                               ctx.needs_input_grad)
+        return None, grad_y0, grad_t, *grad_p
+
+    @staticmethod
+    def vmap(info, in_dims, spec: _Spec, y0: Tensor, t: Tensor, *params: Tensor):
+        """``torch.func.vmap`` over ``y0``: one solve per sample, stacked along dimension 0."""
+        return vmap_solve(_CheckpointSolve, info, in_dims, spec, y0, t, params)
+
+
+def _backward_split(spec, t, ys, params, grad_ys, needs):
+    with differentiable_params(spec.pb.user_func, spec.param_names, params, needs) as active:
+        grad_y0, grad_t, *grad_p = _backward(spec, t, ys, params, grad_ys, needs, active)
+    return grad_y0, grad_t, grad_p
 
 
 def _backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tensor], grad_ys: Tensor,
-              needs: Sequence[bool]):
+              needs: Sequence[bool], active: Sequence[Tensor]):
     pb = spec.pb
     f = pb.f
     t_out = pb.t_out
@@ -90,7 +110,6 @@ def _backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tensor], grad
     perturb = bool(pb.options.get("perturb", False))
     jumps = {pb.sign * float(x) for x in torch.as_tensor(pb.options.get("jump_t", []),
                                                          dtype=torch.float64).reshape(-1)}
-    active = [p for p in params if p.requires_grad]
     grad_p = [torch.zeros_like(p) for p in active]
     nfe = 0
 
@@ -155,7 +174,7 @@ def _backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tensor], grad
         grad_t = tt.to(t.dtype)
     grad_y0 = a + grad_ys[0]
     it = iter(grad_p)
-    grad_params = [next(it) if p.requires_grad else None for p in params]
+    grad_params = [next(it) if w else None for w in needs[3:3 + len(params)]]
     return (grad_y0 if needs[1] else None), grad_t, *grad_params
 
 
@@ -180,5 +199,7 @@ def odeint_checkpoint(func: Callable, y0, t, *, rtol: float | Tensor = 1e-7,
     if not needs_grad:  # nothing listed needs a gradient: no graph at all (as torchdiffeq)
         with torch.no_grad():
             return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
-    ys = _CheckpointSolve.apply(_Spec(pb), pb.y0, pb.t, *params)
+    spec = _Spec(pb)
+    spec.param_names = param_names(func, params)
+    ys = _CheckpointSolve.apply(spec, pb.y0, pb.t, *params)
     return pb.unflatten(ys.reshape(ys.shape[0], -1)) if pb.is_tuple else ys

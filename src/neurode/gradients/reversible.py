@@ -45,6 +45,12 @@ import torch
 from torch import Tensor
 
 from neurode.errors import InvalidInputError, NonFiniteStateError
+from neurode.gradients._functorch import (
+    differentiable_params,
+    param_names,
+    run_backward,
+    vmap_solve,
+)
 from neurode.gradients.adjoint import _resolve_params
 from neurode.solvers.alf import ALFConfig, alf_config, alf_integrate, alf_inverse, alf_step
 from neurode.solvers.api import odeint
@@ -65,6 +71,7 @@ class _Spec:
         self.v_final: Tensor | None = None
         self.nfe_forward = 0
         self.nfe_backward = 0
+        self.param_names: list[str] | None = None
         self.n_steps = 0
         self.reconstruction_error = 0.0
 
@@ -103,7 +110,20 @@ class _ReversibleSolve(torch.autograd.Function):
     def backward(ctx, grad_ys: Tensor):
         spec: _Spec = ctx.spec
         t, ys, *params = ctx.saved_tensors
-        return (None, *_backward(spec, t, ys, params, grad_ys, ctx.needs_input_grad))
+        grad_y0, grad_t, grad_p = run_backward(_backward_split, spec, t, ys, params, grad_ys,
+                                               ctx.needs_input_grad)
+        return None, grad_y0, grad_t, *grad_p
+
+    @staticmethod
+    def vmap(info, in_dims, spec: _Spec, y0: Tensor, t: Tensor, *params: Tensor):
+        """``torch.func.vmap`` over ``y0``: one solve per sample, stacked along dimension 0."""
+        return vmap_solve(_ReversibleSolve, info, in_dims, spec, y0, t, params)
+
+
+def _backward_split(spec, t, ys, params, grad_ys, needs):
+    with differentiable_params(spec.pb.user_func, spec.param_names, params, needs) as active:
+        grad_y0, grad_t, *grad_p = _backward(spec, t, ys, params, grad_ys, needs, active)
+    return grad_y0, grad_t, grad_p
 
 
 #: Reconstruction drift (relative) above which the backward pass warns: √eps of the dtype.
@@ -120,10 +140,9 @@ def _rel_err(x: Tensor, ref: Tensor) -> float:
 
 
 def _backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tensor], grad_ys: Tensor,
-              needs: Sequence[bool]):
+              needs: Sequence[bool], active: Sequence[Tensor]):
     pb = spec.pb
     eta = spec.cfg.eta
-    active = [p for p in params if p.requires_grad]
     grad_p = [torch.zeros_like(p) for p in active]
     nfe = 0
 
@@ -206,7 +225,7 @@ def _backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tensor], grad
         grad_t = tt.to(t.dtype)
     grad_y0 = a_z + grad_ys[0] if n_out > 1 else grad_ys[0].clone()
     it = iter(grad_p)
-    grad_params = [next(it) if p.requires_grad else None for p in params]
+    grad_params = [next(it) if w else None for w in needs[3:3 + len(params)]]
     return (grad_y0 if needs[1] else None), grad_t, *grad_params
 
 
@@ -246,5 +265,7 @@ def odeint_reversible(func: Callable, y0, t, *, rtol: float | Tensor = 1e-7,
         pb.y0.requires_grad or pb.t.requires_grad or any(p.requires_grad for p in params))
     if not needs_grad:
         return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
-    ys = _ReversibleSolve.apply(_Spec(pb, cfg), pb.y0, pb.t, *params)
+    spec = _Spec(pb, cfg)
+    spec.param_names = param_names(func, params)
+    ys = _ReversibleSolve.apply(spec, pb.y0, pb.t, *params)
     return pb.unflatten(ys.reshape(ys.shape[0], -1)) if pb.is_tuple else ys

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from neurode.errors import MaxStepsReachedError, NonFiniteStateError, StepSizeTooSmallError
 from neurode.solvers.controller import PIDController, error_ratio, initial_step
+from neurode.solvers.quadrature import Quadrature
 from neurode.solvers.rk import RHS, RKStepper
 
 __all__ = ["AdaptiveConfig", "DenseRecord", "integrate_adaptive"]
@@ -94,7 +95,7 @@ class LoopResult:
 def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKStepper,
                        cfg: AdaptiveConfig, *, callbacks=None, record_dense: bool = False,
                        record_steps: bool = False, event=None,
-                       time_sign: float = 1.0) -> LoopResult:
+                       time_sign: float = 1.0, quad: Quadrature | None = None) -> LoopResult:
     """Integrate from ``t_out[0]`` to ``t_out[-1]`` (increasing floats); ``y`` at ``t_out``.
 
     ``f(t, y, perturb)`` is the internal vector field. Failures are stored in the result
@@ -102,7 +103,8 @@ def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKSteppe
     ``event`` (optional) is called as ``event(t0, y0, t1, y1, interp)`` after each accepted step and
     returns a time at which to stop, or None. ``record_dense`` keeps every accepted step's start
     and dense stages (for dense output); ``record_steps`` only the start ``(t, h, y)`` (for
-    checkpointed gradients).
+    checkpointed gradients). ``quad`` (optional) integrates quadratures beside the state
+    (:mod:`neurode.solvers.quadrature`).
     """
     norm = cfg.norm
     rtol, atol = cfg.rtol, cfg.atol
@@ -189,6 +191,8 @@ def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKSteppe
         with torch.no_grad():
             err, err_low = stepper.error(ks if f1 is None or fsal else [*ks, f1], h_step)
             ratio_t, y1_abs = error_ratio(err, err_low, y_abs, y1, rtol, atol, norm)
+            if quad is not None:
+                ratio_t = quad.ratio(ks if f1 is None or fsal else [*ks, f1], h_step, ratio_t)
         ratio = float(ratio_t)  # the one host synchronisation of the step
         n_steps += 1
         accept = ratio <= 1.0 or (min(h, h_step) <= cfg.min_step and math.isfinite(ratio))
@@ -197,6 +201,8 @@ def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKSteppe
         if accept:
             n_acc += 1
             t1 = stop if hit_stop else t + h_step
+            if quad is not None:
+                quad.accept(ks, h_step)
             if f1 is None:
                 f1 = f(t1, y1, -1 if at_jump else 0)
                 nfe += 1

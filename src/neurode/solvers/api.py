@@ -79,13 +79,17 @@ def _grid(pb: Problem) -> list[float]:
     return make_grid(pb.t_out, None if step_size is None else float(step_size), grid)
 
 
-def _integrate(pb: Problem, record_dense: bool = False) -> LoopResult:
+def _integrate(pb: Problem, record_dense: bool = False, quad=None) -> LoopResult:
+    """Run ``pb``'s method. ``quad`` (a :class:`~neurode.solvers.quadrature.Quadrature`) is
+    supported by the Runge–Kutta loops only (``kind`` ``"adaptive"`` or ``"fixed"``)."""
     spec = pb.method
     o = pb.options
+    if quad is not None and spec.kind not in ("adaptive", "fixed"):
+        raise InvalidInputError(f"method {spec.name!r} does not integrate quadratures")
     if spec.kind == "adaptive":
         return integrate_adaptive(pb.f, pb.y0, pb.t_out, get_stepper(spec.tableau),
                                   _adaptive_config(pb), callbacks=pb.callbacks,
-                                  record_dense=record_dense, time_sign=pb.sign)
+                                  record_dense=record_dense, time_sign=pb.sign, quad=quad)
     interp = o.get("interp", "linear")
     if interp not in ("linear", "cubic"):
         raise InvalidInputError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}")
@@ -93,7 +97,7 @@ def _integrate(pb: Problem, record_dense: bool = False) -> LoopResult:
     if spec.kind == "fixed":
         return integrate_fixed(pb.f, pb.y0, pb.t_out, grid, get_stepper(spec.tableau),
                                interp=interp, perturb=bool(o.get("perturb", False)),
-                               callbacks=pb.callbacks, record_dense=record_dense)
+                               callbacks=pb.callbacks, record_dense=record_dense, quad=quad)
     if spec.kind == "adams":
         max_order = int(o.get("max_order", spec.params["max_order"]))
         return integrate_adams(pb.f, pb.y0, pb.t_out, grid, max_order=max_order,

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from neurode.errors import InvalidInputError
 from neurode.solvers.adaptive import DenseRecord, LoopResult
+from neurode.solvers.quadrature import Quadrature
 from neurode.solvers.rk import RHS, RKStepper, combine, get_stepper
 from neurode.solvers.tableaux import TABLEAUX
 
@@ -98,8 +99,12 @@ def _finish(res: LoopResult, grid: list[float], nfe: int) -> LoopResult:
 def integrate_fixed(f: RHS, y0: Tensor, t_out: list[float], grid: list[float],
                     stepper: RKStepper, *, interp: str = "linear", perturb: bool = False,
                     callbacks=None, record_dense: bool = False,
-                    record_steps: bool = False) -> LoopResult:
-    """March an explicit RK method over ``grid``; ``y`` at ``t_out`` (both increasing floats)."""
+                    record_steps: bool = False, quad: Quadrature | None = None) -> LoopResult:
+    """March an explicit RK method over ``grid``; ``y`` at ``t_out`` (both increasing floats).
+
+    ``quad`` (optional) integrates quadratures beside the state over the whole grid
+    (:mod:`neurode.solvers.quadrature`); they are not interpolated to output times.
+    """
     res = LoopResult(ys=[y0], t_final=t_out[0])
     if record_dense or record_steps:
         res.dense = DenseRecord()
@@ -122,8 +127,10 @@ def integrate_fixed(f: RHS, y0: Tensor, t_out: list[float], grid: list[float],
         if k0 is None or perturb:
             k0 = f(g0, y, 1 if perturb else 0)
             nfe += 1
-        _ks, y1 = stepper.step(f, g0, y, h, k0, perturb=perturb)
+        ks, y1 = stepper.step(f, g0, y, h, k0, perturb=perturb)
         nfe += stepper.stages - 1
+        if quad is not None:
+            quad.accept(ks, h)
         f1 = None
         if cubic:
             f1 = f(g1, y1, 0)

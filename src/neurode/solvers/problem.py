@@ -117,7 +117,12 @@ def _check_times(t, y0: Tensor) -> tuple[Tensor, list[float]]:
         raise InvalidInputError(f"t must be real, got dtype {t.dtype}")
     if not t.is_floating_point():
         t = t.to(y0.real.dtype if y0.is_complex() else y0.dtype)
-    vals = t.detach().double().cpu().tolist()
+    try:
+        vals = t.detach().double().cpu().tolist()
+    except RuntimeError as e:  # a tensor without storage: batched by torch.func.vmap
+        raise InvalidInputError(
+            "t has no concrete values (batched by torch.func.vmap?): the solver chooses its steps "
+            "from the times, so only y0 may be batched; vmap over y0 with t shared") from e
     if not all(math.isfinite(v) for v in vals):
         raise InvalidInputError("t contains NaN or inf")
     return t, vals
