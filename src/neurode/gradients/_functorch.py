@@ -65,11 +65,57 @@ def differentiable_params(func, names: list[str] | None, params: Sequence[Tensor
         yield leaves
 
 
+def with_params(backward: Callable) -> Backward:
+    """Adapt ``backward(spec, t, ys, params, grad_ys, needs, active) -> (g_y0, g_t, *g_params)``,
+    which differentiates through ``func`` w.r.t. ``active``, to the :data:`Backward` form, with
+    ``active`` from :func:`differentiable_params` (the spec must carry ``param_names``)."""
+
+    def run(spec, t, ys, params, grad_ys, needs):
+        with differentiable_params(spec.pb.user_func, spec.param_names, params,
+                                   needs) as active:
+            grad_y0, grad_t, *grad_p = backward(spec, t, ys, params, grad_ys, needs, active)
+        return grad_y0, grad_t, grad_p
+
+    return run
+
+
 def _refuse_batched(what: str) -> None:
     raise InvalidInputError(
         f"torch.func.vmap over an adjoint/checkpointed/reversible solve batched {what}; only y0 "
         "may be batched (t and the adjoint parameters must be shared by the batch, since func "
         "reads its parameters itself)")
+
+
+def solve_function(name: str, doc: str, forward: Callable[..., Tensor],
+                   backward: Backward) -> type[torch.autograd.Function]:
+    """Build the autograd Function ``ys = forward(spec, y0, t, *params)`` of a solve.
+
+    ``forward`` solves without a graph; ``backward(spec, t, ys, params, grad_ys, needs)`` is the
+    method's backward pass. The Function saves ``t``, the outputs and the parameters, runs the
+    backward through :func:`run_backward` and has the per-sample ``vmap`` rule of
+    :func:`vmap_solve`: the parts the adjoint, checkpointed and reversible solves share.
+    """
+
+    def setup_context(ctx, inputs, output):
+        spec, _y0, t, *params = inputs
+        ctx.spec = spec
+        ctx.save_for_backward(t, output, *params)
+
+    @torch.autograd.function.once_differentiable
+    def bwd(ctx, grad_ys: Tensor):
+        t, ys, *params = ctx.saved_tensors
+        grad_y0, grad_t, grad_p = run_backward(backward, ctx.spec, t, ys, params, grad_ys,
+                                               ctx.needs_input_grad)
+        return None, grad_y0, grad_t, *grad_p
+
+    def vmap(info, in_dims, spec, y0: Tensor, t: Tensor, *params: Tensor):
+        return vmap_solve(cls, info, in_dims, spec, y0, t, params)
+
+    cls = type(name, (torch.autograd.Function,), {
+        "__doc__": doc, "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context), "backward": staticmethod(bwd),
+        "vmap": staticmethod(vmap)})
+    return cls
 
 
 def vmap_solve(fn, info, in_dims, spec, y0: Tensor, t: Tensor, params: Sequence[Tensor]):

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from neurode.errors import InvalidInputError
-from neurode.gradients._functorch import in_transform, param_names, run_backward, vmap_solve
+from neurode.gradients._functorch import in_transform, param_names, solve_function
 from neurode.solvers.api import _integrate, odeint
 from neurode.solvers.controller import rms_norm
 from neurode.solvers.problem import Problem, make_problem
@@ -95,40 +95,15 @@ class _Spec:
         self.nfe_backward = 0
 
 
-class _AdjointSolve(torch.autograd.Function):
-    """``ys = odeint(...)`` whose backward is the adjoint solve (see module docstring)."""
-
-    @staticmethod
-    def forward(spec: _Spec, y0: Tensor, t: Tensor, *params: Tensor) -> Tensor:
-        pb = spec.pb
-        with torch.no_grad():
-            pb.y0 = y0.detach()
-            res = _integrate(pb)
-            if res.status < 0:
-                raise res.error
-            spec.nfe_forward = res.nfe
-            return torch.stack(res.ys)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        spec, _y0, t, *params = inputs
-        ctx.spec = spec
-        ctx.save_for_backward(t, output, *params)
-
-    @staticmethod
-    def vmap(info, in_dims, spec: _Spec, y0: Tensor, t: Tensor, *params: Tensor):
-        """``torch.func.vmap`` over ``y0``: one adjoint solve per sample (each with its own
-        steps, as the unbatched calls would take), stacked along dimension 0."""
-        return vmap_solve(_AdjointSolve, info, in_dims, spec, y0, t, params)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_ys: Tensor):
-        spec: _Spec = ctx.spec
-        t, ys, *params = ctx.saved_tensors
-        grad_y0, grad_t, grad_params = run_backward(_adjoint_backward, spec, t, ys, params,
-                                                    grad_ys, ctx.needs_input_grad)
-        return (None, grad_y0, grad_t, *grad_params)
+def _adjoint_forward(spec: _Spec, y0: Tensor, t: Tensor, *params: Tensor) -> Tensor:
+    pb = spec.pb
+    with torch.no_grad():
+        pb.y0 = y0.detach()
+        res = _integrate(pb)
+        if res.status < 0:
+            raise res.error
+        spec.nfe_forward = res.nfe
+        return torch.stack(res.ys)
 
 
 def _adjoint_backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tensor],
@@ -274,6 +249,10 @@ def _attaching(f, last_q: list[list[Tensor]]):
         return attach(f(s, y, perturb), last_q[0])
 
     return fq
+
+
+_AdjointSolve = solve_function("_AdjointSolve", "ys = odeint(...); backward: the adjoint solve.",
+                               _adjoint_forward, _adjoint_backward)
 
 
 def odeint_adjoint(func: Callable, y0, t, *, rtol: float | Tensor = 1e-7,

@@ -18,10 +18,9 @@ from torch import Tensor
 
 from neurode.errors import InvalidInputError
 from neurode.gradients._functorch import (
-    differentiable_params,
     param_names,
-    run_backward,
-    vmap_solve,
+    solve_function,
+    with_params,
 )
 from neurode.gradients.adjoint import _resolve_params
 from neurode.solvers.adaptive import DenseRecord, integrate_adaptive
@@ -63,38 +62,10 @@ def _forward(spec: _Spec):
     return res
 
 
-class _CheckpointSolve(torch.autograd.Function):
-    @staticmethod
-    def forward(spec: _Spec, y0: Tensor, t: Tensor, *params: Tensor) -> Tensor:
-        with torch.no_grad():
-            spec.pb.y0 = y0.detach()
-            return torch.stack(_forward(spec).ys)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        spec, _y0, t, *params = inputs
-        ctx.spec = spec
-        ctx.save_for_backward(t, output, *params)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_ys: Tensor):
-        spec: _Spec = ctx.spec
-        t, ys, *params = ctx.saved_tensors
-        grad_y0, grad_t, grad_p = run_backward(_backward_split, spec, t, ys, params, grad_ys,
-                                               ctx.needs_input_grad)
-        return None, grad_y0, grad_t, *grad_p
-
-    @staticmethod
-    def vmap(info, in_dims, spec: _Spec, y0: Tensor, t: Tensor, *params: Tensor):
-        """``torch.func.vmap`` over ``y0``: one solve per sample, stacked along dimension 0."""
-        return vmap_solve(_CheckpointSolve, info, in_dims, spec, y0, t, params)
-
-
-def _backward_split(spec, t, ys, params, grad_ys, needs):
-    with differentiable_params(spec.pb.user_func, spec.param_names, params, needs) as active:
-        grad_y0, grad_t, *grad_p = _backward(spec, t, ys, params, grad_ys, needs, active)
-    return grad_y0, grad_t, grad_p
+def _checkpoint_forward(spec: _Spec, y0: Tensor, t: Tensor, *params: Tensor) -> Tensor:
+    with torch.no_grad():
+        spec.pb.y0 = y0.detach()
+        return torch.stack(_forward(spec).ys)
 
 
 def _backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tensor], grad_ys: Tensor,
@@ -176,6 +147,11 @@ def _backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tensor], grad
     it = iter(grad_p)
     grad_params = [next(it) if w else None for w in needs[3:3 + len(params)]]
     return (grad_y0 if needs[1] else None), grad_t, *grad_params
+
+
+_CheckpointSolve = solve_function(
+    "_CheckpointSolve", "ys = odeint(...); backward: each accepted step recomputed (ACA).",
+    _checkpoint_forward, with_params(_backward))
 
 
 def odeint_checkpoint(func: Callable, y0, t, *, rtol: float | Tensor = 1e-7,

@@ -46,10 +46,9 @@ from torch import Tensor
 
 from neurode.errors import InvalidInputError, NonFiniteStateError
 from neurode.gradients._functorch import (
-    differentiable_params,
     param_names,
-    run_backward,
-    vmap_solve,
+    solve_function,
+    with_params,
 )
 from neurode.gradients.adjoint import _resolve_params
 from neurode.solvers.alf import ALFConfig, alf_config, alf_integrate, alf_inverse, alf_step
@@ -76,54 +75,24 @@ class _Spec:
         self.reconstruction_error = 0.0
 
 
-class _ReversibleSolve(torch.autograd.Function):
-    """``ys = odeint(..., method="alf")`` whose backward reconstructs the trajectory exactly."""
-
-    @staticmethod
-    def forward(spec: _Spec, y0: Tensor, t: Tensor, *params: Tensor) -> Tensor:
-        pb = spec.pb
-        with torch.no_grad():
-            res = alf_integrate(pb.f, y0.detach(), pb.t_out, spec.cfg, callbacks=pb.callbacks,
-                                time_sign=pb.sign)
-            if res.status < 0:
-                raise res.error
-            ys = torch.stack(res.ys)
-            if not bool(torch.isfinite(ys.sum())) or (
-                    res.v_final is not None and not bool(torch.isfinite(res.v_final).all())):
-                raise NonFiniteStateError(
-                    "non-finite value (NaN or inf) in the ALF solution; reduce the step size "
-                    "(options['step_size'], or rtol/atol) or check func")
-        spec.step_t, spec.step_h, spec.out_steps = res.step_t, res.step_h, res.out_steps
-        spec.v_final = res.v_final
-        spec.nfe_forward = res.nfe
-        spec.n_steps = res.n_accepted
-        return ys
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        spec, _y0, t, *params = inputs
-        ctx.spec = spec
-        ctx.save_for_backward(t, output, *params)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_ys: Tensor):
-        spec: _Spec = ctx.spec
-        t, ys, *params = ctx.saved_tensors
-        grad_y0, grad_t, grad_p = run_backward(_backward_split, spec, t, ys, params, grad_ys,
-                                               ctx.needs_input_grad)
-        return None, grad_y0, grad_t, *grad_p
-
-    @staticmethod
-    def vmap(info, in_dims, spec: _Spec, y0: Tensor, t: Tensor, *params: Tensor):
-        """``torch.func.vmap`` over ``y0``: one solve per sample, stacked along dimension 0."""
-        return vmap_solve(_ReversibleSolve, info, in_dims, spec, y0, t, params)
-
-
-def _backward_split(spec, t, ys, params, grad_ys, needs):
-    with differentiable_params(spec.pb.user_func, spec.param_names, params, needs) as active:
-        grad_y0, grad_t, *grad_p = _backward(spec, t, ys, params, grad_ys, needs, active)
-    return grad_y0, grad_t, grad_p
+def _reversible_forward(spec: _Spec, y0: Tensor, t: Tensor, *params: Tensor) -> Tensor:
+    pb = spec.pb
+    with torch.no_grad():
+        res = alf_integrate(pb.f, y0.detach(), pb.t_out, spec.cfg, callbacks=pb.callbacks,
+                            time_sign=pb.sign)
+        if res.status < 0:
+            raise res.error
+        ys = torch.stack(res.ys)
+        if not bool(torch.isfinite(ys.sum())) or (
+                res.v_final is not None and not bool(torch.isfinite(res.v_final).all())):
+            raise NonFiniteStateError(
+                "non-finite value (NaN or inf) in the ALF solution; reduce the step size "
+                "(options['step_size'], or rtol/atol) or check func")
+    spec.step_t, spec.step_h, spec.out_steps = res.step_t, res.step_h, res.out_steps
+    spec.v_final = res.v_final
+    spec.nfe_forward = res.nfe
+    spec.n_steps = res.n_accepted
+    return ys
 
 
 #: Reconstruction drift (relative) above which the backward pass warns: √eps of the dtype.
@@ -227,6 +196,11 @@ def _backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tensor], grad
     it = iter(grad_p)
     grad_params = [next(it) if w else None for w in needs[3:3 + len(params)]]
     return (grad_y0 if needs[1] else None), grad_t, *grad_params
+
+
+_ReversibleSolve = solve_function(
+    "_ReversibleSolve", "ys = odeint(..., method='alf'); backward: the inverted steps (MALI).",
+    _reversible_forward, with_params(_backward))
 
 
 def odeint_reversible(func: Callable, y0, t, *, rtol: float | Tensor = 1e-7,

@@ -132,17 +132,8 @@ def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKSteppe
         return _fail(res, -3, NonFiniteStateError, "non-finite value (NaN or inf) in y0 or in "
                      f"func(t, y0) at the initial time t={_fmt(t0 * time_sign)}",
                      t0 * time_sign, None)
-    if cfg.first_step is None:
-        h, extra = initial_step(f, t0, y0, k0, stepper.tableau.controller_order - 1, rtol, atol,
-                                norm)
-        nfe += extra
-    else:
-        h = float(cfg.first_step)
-    h = min(cfg.max_step, max(cfg.min_step, h))
-    ctrl = PIDController(stepper.tableau.controller_order, safety=cfg.safety,
-                         ifactor=cfg.ifactor, dfactor=cfg.dfactor, pcoeff=cfg.pcoeff,
-                         icoeff=cfg.icoeff, dcoeff=cfg.dcoeff, min_step=cfg.min_step,
-                         max_step=cfg.max_step)
+    h, extra, ctrl = _start(f, t0, y0, k0, stepper.tableau.controller_order, cfg)
+    nfe += extra
 
     fsal = stepper.fsal
     need_f1_for_error = stepper.error_uses_f1
@@ -158,24 +149,13 @@ def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKSteppe
 
     while i_out < n_out:
         if n_steps >= max_steps:
-            _fail(res, -1, MaxStepsReachedError,
-                  f"max_num_steps={max_steps} reached at t={_fmt(t * time_sign)} before "
-                  f"t={_fmt(t_end * time_sign)}; raise options['max_num_steps'], loosen "
-                  "rtol/atol, or check for stiffness", t * time_sign, h * time_sign)
+            _fail_max_steps(res, max_steps, t, t_end, h, time_sign)
             break
         stop = stops[si]
         hit_stop = t + h >= stop - 4 * _EPS * abs(stop)
         h_step = stop - t if hit_stop else h
         if h_step <= 8 * _EPS * max(abs(t), 1.0):
-            if not math.isfinite(ratio):  # steps kept failing on NaN/inf, not on accuracy
-                _fail(res, -3, NonFiniteStateError,
-                      "func returned a non-finite value (NaN or inf) for every step from "
-                      f"t={_fmt(t * time_sign)}, however small", t * time_sign, h_step * time_sign)
-            else:
-                _fail(res, -2, StepSizeTooSmallError,
-                      f"step size underflow: dt={h_step:.3e} at t={_fmt(t * time_sign)}; the "
-                      "problem may be stiff or singular there (try a stiff method, or looser "
-                      "rtol/atol)", t * time_sign, h_step * time_sign)
+            _fail_underflow(res, ratio, t, h_step, time_sign)
             break
         if cb_step is not None:
             cb_step(t, y, h_step)
@@ -264,6 +244,42 @@ def _fail(res: LoopResult, status: int, exc_type, message: str, t: float, dt: fl
     res.status, res.message = status, message
     res.error = exc_type(message, t=t, dt=dt)
     return res
+
+
+def _start(f: RHS, t0: float, y0: Tensor, k0: Tensor, order: int, cfg: AdaptiveConfig
+           ) -> tuple[float, int, PIDController]:
+    """First step size (given, or Hairer's heuristic), its extra evaluations, the controller."""
+    extra = 0
+    if cfg.first_step is None:
+        h, extra = initial_step(f, t0, y0, k0, order - 1, cfg.rtol, cfg.atol, cfg.norm)
+    else:
+        h = float(cfg.first_step)
+    h = min(cfg.max_step, max(cfg.min_step, h))
+    ctrl = PIDController(order, safety=cfg.safety, ifactor=cfg.ifactor, dfactor=cfg.dfactor,
+                         pcoeff=cfg.pcoeff, icoeff=cfg.icoeff, dcoeff=cfg.dcoeff,
+                         min_step=cfg.min_step, max_step=cfg.max_step)
+    return h, extra, ctrl
+
+
+def _fail_max_steps(res: LoopResult, max_steps: int, t: float, t_end: float, h: float,
+                    sign: float) -> None:
+    _fail(res, -1, MaxStepsReachedError,
+          f"max_num_steps={max_steps} reached at t={_fmt(t * sign)} before "
+          f"t={_fmt(t_end * sign)}; raise options['max_num_steps'], loosen rtol/atol, or check "
+          "for stiffness", t * sign, h * sign)
+
+
+def _fail_underflow(res: LoopResult, ratio: float, t: float, h: float, sign: float,
+                    hint: str = "try a stiff method, or looser rtol/atol") -> None:
+    """The step size fell below rounding: through NaN/inf (``ratio`` not finite) or accuracy."""
+    if not math.isfinite(ratio):  # steps kept failing on NaN/inf, not on accuracy
+        _fail(res, -3, NonFiniteStateError,
+              "func returned a non-finite value (NaN or inf) for every step from "
+              f"t={_fmt(t * sign)}, however small", t * sign, h * sign)
+    else:
+        _fail(res, -2, StepSizeTooSmallError,
+              f"step size underflow: dt={h:.3e} at t={_fmt(t * sign)}; the problem may be stiff "
+              f"or singular there ({hint})", t * sign, h * sign)
 
 
 def _finite(y: Tensor, k: Tensor) -> bool:

@@ -57,12 +57,20 @@ from torch import Tensor
 
 from neurode.errors import (
     InvalidInputError,
-    MaxStepsReachedError,
     NonFiniteStateError,
-    StepSizeTooSmallError,
 )
-from neurode.solvers.adaptive import AdaptiveConfig, DenseRecord, LoopResult
-from neurode.solvers.controller import PIDController, error_ratio, initial_step
+from neurode.solvers.adaptive import (
+    AdaptiveConfig,
+    DenseRecord,
+    LoopResult,
+    _fail,
+    _fail_max_steps,
+    _fail_underflow,
+    _finite,
+    _fmt,
+    _start,
+)
+from neurode.solvers.controller import error_ratio
 from neurode.solvers.problem import Problem
 from neurode.solvers.registry import ADAPTIVE_OPTIONS, MethodSpec, register_method
 
@@ -202,15 +210,8 @@ def alf_integrate(f: RHS, z0: Tensor, t_out: list[float], cfg: ALFConfig, *,
         h = 0.0
         ctrl = None
     else:
-        if cfg.first_step is None:
-            h, extra = initial_step(f, t0, z0, v0, _CONTROLLER_ORDER - 1, rtol, atol, norm)
-            nfe += extra
-        else:
-            h = float(cfg.first_step)
-        h = min(cfg.max_step, max(cfg.min_step, h))
-        ctrl = PIDController(_CONTROLLER_ORDER, safety=cfg.safety, ifactor=cfg.ifactor,
-                             dfactor=cfg.dfactor, pcoeff=cfg.pcoeff, icoeff=cfg.icoeff,
-                             dcoeff=cfg.dcoeff, min_step=cfg.min_step, max_step=cfg.max_step)
+        h, extra, ctrl = _start(f, t0, z0, v0, _CONTROLLER_ORDER, cfg)
+        nfe += extra
 
     t, z, v = t0, z0, v0
     with torch.no_grad():
@@ -225,11 +226,7 @@ def alf_integrate(f: RHS, z0: Tensor, t_out: list[float], cfg: ALFConfig, *,
 
     while si < len(stops):
         if n_steps >= max_steps:
-            _fail(res, -1, MaxStepsReachedError,
-                  f"max_num_steps={max_steps} reached at t={_fmt(t * time_sign)} before "
-                  f"t={_fmt(t_end * time_sign)}; raise options['max_num_steps'], loosen "
-                  "rtol/atol, or check for stiffness", t * time_sign,
-                  (cfg.step_size if fixed else h) * time_sign)
+            _fail_max_steps(res, max_steps, t, t_end, cfg.step_size if fixed else h, time_sign)
             break
         stop = stops[si]
         if fixed:
@@ -243,17 +240,9 @@ def alf_integrate(f: RHS, z0: Tensor, t_out: list[float], cfg: ALFConfig, *,
             hit_stop = t + h >= stop - 4 * _EPS * abs(stop)
             h_step = stop - t if hit_stop else h
             if h_step <= 8 * _EPS * max(abs(t), 1.0):
-                if not math.isfinite(ratio):  # steps kept failing on NaN/inf, not on accuracy
-                    _fail(res, -3, NonFiniteStateError,
-                          "func returned a non-finite value (NaN or inf) for every step from "
-                          f"t={_fmt(t * time_sign)}, however small", t * time_sign,
-                          h_step * time_sign)
-                else:
-                    _fail(res, -2, StepSizeTooSmallError,
-                          f"step size underflow: dt={h_step:.3e} at t={_fmt(t * time_sign)}; "
-                          "the problem may be stiff or singular there, or too dissipative for "
-                          "ALF (try a damped step, options['eta'] < 1, or looser rtol/atol)",
-                          t * time_sign, h_step * time_sign)
+                _fail_underflow(res, ratio, t, h_step, time_sign,
+                                "or too dissipative for ALF: try a damped step, options['eta'] "
+                                "< 1, or looser rtol/atol")
                 break
         if cb_step is not None:
             cb_step(t, z, h_step)
@@ -311,21 +300,6 @@ def _run(pb: Problem, record_dense: bool) -> ALFResult:
     """The registry's runner: ``pb`` → :class:`ALFResult` (a :class:`LoopResult`)."""
     return alf_integrate(pb.f, pb.y0, pb.t_out, alf_config(pb), callbacks=pb.callbacks,
                          record_dense=record_dense, time_sign=pb.sign)
-
-
-def _fail(res: LoopResult, status: int, exc_type, message: str, t: float, dt: float | None):
-    res.status, res.message = status, message
-    res.error = exc_type(message, t=t, dt=dt)
-    return res
-
-
-def _finite(z: Tensor, v: Tensor) -> bool:
-    with torch.no_grad():
-        return bool(torch.isfinite(z).all()) and bool(torch.isfinite(v).all())
-
-
-def _fmt(t: float) -> str:
-    return f"{t:.6g}"
 
 
 register_method(MethodSpec("alf", "alf", ALF_OPTIONS, order=2, runner=_run))
