@@ -12,6 +12,7 @@ __all__ = [
     "InvalidInputError",
     "MaxStepsReachedError",
     "NeurodeError",
+    "NewtonConvergenceError",
     "NonFiniteStateError",
     "SolverError",
     "StepSizeTooSmallError",
@@ -59,3 +60,7 @@ class StepSizeTooSmallError(SolverError):
 
 class MaxStepsReachedError(SolverError):
     """``max_num_steps`` steps were taken before the final time was reached."""
+
+
+class NewtonConvergenceError(SolverError):
+    """The Newton iteration of an implicit method did not converge (at time ``t``, step ``dt``)."""

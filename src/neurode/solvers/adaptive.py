@@ -82,6 +82,8 @@ class LoopResult:
     n_steps: int = 0
     n_accepted: int = 0
     n_rejected: int = 0
+    n_jac: int = 0
+    n_lu: int = 0
     nfe: int = 0
     status: int = 0
     message: str = "success"

@@ -236,7 +236,7 @@ def solve_ivp(func: Func, y0: State, t_eval: Tensor, *, method: str = "dopri5",
     res, out = _solve(pb, record_dense=dense, throw=throw)
     ys = pb.unflatten(out.reshape(out.shape[0], -1)) if pb.is_tuple else out
     stats = Stats(nfe=res.nfe, n_steps=res.n_steps, n_accepted=res.n_accepted,
-                  n_rejected=res.n_rejected)
+                  n_rejected=res.n_rejected, n_jac=res.n_jac, n_lu=res.n_lu)
     dense_out = None
     if dense:
         stepper = get_stepper(pb.method.tableau) if pb.method.kind == "adaptive" else None

@@ -22,16 +22,19 @@ STATUS_MESSAGES = {0: "success", 1: "terminated by event", -1: "max_num_steps re
 
 @dataclass
 class Stats:
-    """Solver statistics: function evaluations, steps taken, accepted and rejected."""
+    """Solver statistics: function evaluations, steps taken, accepted and rejected, and (implicit
+    methods) Jacobian evaluations and LU factorisations."""
 
     nfe: int = 0
     n_steps: int = 0
     n_accepted: int = 0
     n_rejected: int = 0
+    n_jac: int = 0
+    n_lu: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {"nfe": self.nfe, "n_steps": self.n_steps, "n_accepted": self.n_accepted,
-                "n_rejected": self.n_rejected}
+                "n_rejected": self.n_rejected, "n_jac": self.n_jac, "n_lu": self.n_lu}
 
 
 class DenseOutput:
