@@ -11,6 +11,7 @@ stability-bound steps: millions on these spans) and reports how far it got.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -95,12 +96,12 @@ def main() -> dict:
         ref, _ = scipy_solve("Radau", fnp, y0, ts, 1e-11, atol * 1e-4)
         rows = {}
         for sname in ("Radau", "BDF"):
-            (ys, st), sec = timed(lambda s=sname: scipy_solve(s, fnp, y0, ts, RTOL, atol))
+            (ys, st), sec = timed(functools.partial(scipy_solve, sname, fnp, y0, ts, RTOL, atol))
             rows[f"scipy {sname}"] = {**st, "time_s": sec, "err_over_tol": err_over_tol(ys, ref,
                                                                                         atol)}
         y0_t, ts_t = torch.tensor(y0, dtype=F64), torch.tensor(ts, dtype=F64)
-        sol, sec = timed(lambda: neurode.solve_ivp(f, y0_t, ts_t, method="radau", rtol=RTOL,
-                                                   atol=atol))
+        sol, sec = timed(functools.partial(neurode.solve_ivp, f, y0_t, ts_t, method="radau",
+                                           rtol=RTOL, atol=atol))
         st = sol.stats
         rows["neurode radau"] = {"steps": st.n_steps, "nfe": st.nfe, "n_jac": st.n_jac,
                                  "n_lu": st.n_lu, "time_s": sec,

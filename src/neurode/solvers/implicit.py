@@ -237,30 +237,61 @@ class _StageSolver:
         self._lu = (h, J, torch.linalg.lu_factor(M))
         self.n_lu += 1
 
+    def exact_matrix(self, t: float, y: Tensor, h: float, Y: Tensor) -> Tensor:
+        """``∂R/∂K = I − h [a_ij J(t + c_i h, Y_i)]``: the exact Newton matrix at stages ``Y``."""
+        s = self.tab.stages
+        n = y.numel()
+        a = self.a.to(dtype=y.dtype, device=y.device)
+        blocks = [self.jac.dense(t + ci * h, Y[i].view_as(y)) for i, ci in enumerate(self.c)]
+        M = torch.eye(s * n, dtype=y.dtype, device=y.device)
+        for i in range(s):
+            for j in range(s):
+                M[i * n:(i + 1) * n, j * n:(j + 1) * n] -= h * a[i, j] * blocks[i]
+        return M
+
     def solve(self, t: float, y: Tensor, h: float, f0: Tensor, J: Tensor | None,
-              scale: Tensor) -> tuple[Tensor | None, int, float]:
-        """Newton from ``K = f0``; returns ``(K or None if it failed, iterations, rate)``."""
+              scale: Tensor, exact: bool = False) -> tuple[Tensor | None, int, float]:
+        """Newton from ``K = f0``; returns ``(K or None if it failed, iterations, rate)``.
+
+        ``exact=False``: simplified Newton with one Jacobian ``J`` at ``(t, y)`` for all stages
+        (one LU per step size). ``exact=True``: full Newton, the stage Jacobians re-evaluated at
+        every iterate (a fallback for fixed grids, whose step cannot shrink when the frozen
+        Jacobian is a poor model, e.g. a non-autonomous field over a long step).
+        """
         s = self.tab.stages
         n = y.numel()
         K = f0.reshape(1, -1).expand(s, n).clone()
         krylov = self.cfg.jacobian == "krylov"
-        if not krylov and (self._lu is None or self._lu[0] != h or self._lu[1] is not J):
+        if not krylov and not exact and (self._lu is None or self._lu[0] != h
+                                         or self._lu[1] is not J):
             self.factor(h, J)
         a = self.a.to(dtype=y.dtype, device=y.device)
         prev = None
         rate = 0.0
         for it in range(1, self.cfg.max_iters + 1):
-            _, F = self.stage_values(t, y, h, K)
+            Y, F = self.stage_values(t, y, h, K)
             R = (K - F).reshape(-1)
             if not bool(torch.isfinite(R).all()):
                 return None, it, math.inf
             if krylov:
-                def mv(v, _a=a):
-                    V = v.reshape(s, n)
-                    JV = torch.stack([self.jac.matvec(t, y, f0, V[j]) for j in range(s)])
-                    return (V - h * (_a @ JV)).reshape(-1)
+                if exact:  # J(Y_i) applied to (A V)_i, by differences about each stage
+                    def mv(v, _a=a, _Y=Y, _F=F):
+                        AV = _a @ v.reshape(s, n)
+                        JV = torch.stack([self.jac.matvec(t + ci * h, _Y[i].view_as(y), _F[i],
+                                                          AV[i])
+                                          for i, ci in enumerate(self.c)])
+                        return (v.reshape(s, n) - h * JV).reshape(-1)
+                else:
+                    def mv(v, _a=a):
+                        V = v.reshape(s, n)
+                        JV = torch.stack([self.jac.matvec(t, y, f0, V[j]) for j in range(s)])
+                        return (V - h * (_a @ JV)).reshape(-1)
 
                 dK = -_gmres(mv, R, 1e-3, self.cfg.krylov_dim)
+            elif exact:
+                M = self.exact_matrix(t, y, h, Y)
+                self.n_lu += 1
+                dK = -torch.linalg.solve(M, R.unsqueeze(1)).squeeze(1)
             else:
                 dK = -torch.linalg.lu_solve(*self._lu[2], R.unsqueeze(1)).squeeze(1)
             K = K + dK.reshape(s, n)
@@ -292,12 +323,7 @@ def _attach_ift(solver: _StageSolver, t: float, y: Tensor, h: float, K: Tensor) 
     K = K.detach()
     with torch.no_grad():
         Y, _ = solver.stage_values(t, y.detach(), h, K)
-    a = solver.a.to(dtype=y.dtype, device=y.device)
-    blocks = [solver.jac.dense(t + ci * h, Y[i].view_as(y)) for i, ci in enumerate(solver.c)]
-    M = torch.eye(s * n, dtype=y.dtype, device=y.device)
-    for i in range(s):
-        for j in range(s):
-            M[i * n:(i + 1) * n, j * n:(j + 1) * n] -= h * a[i, j] * blocks[i]
+    M = solver.exact_matrix(t, y.detach(), h, Y)
     _, F = solver.stage_values(t, y, h, K)
     R = (K - F).reshape(-1)
     S = torch.linalg.solve(M, R.unsqueeze(1)).squeeze(1).reshape(s, n)
@@ -374,6 +400,8 @@ def integrate_implicit_fixed(pb: Problem, tab: ImplicitTableau, record_dense: bo
             J = None if ncfg.jacobian == "krylov" else solver.jac.dense(g0, y.detach(), f0)
             scale = _scale(y.detach(), None, pb.rtol, pb.atol)
             K, iters, rate = solver.solve(g0, y.detach(), h, f0, J, scale)
+            if K is None:  # the frozen Jacobian was a poor model over this step: full Newton
+                K, iters, rate = solver.solve(g0, y.detach(), h, f0, J, scale, exact=True)
         if K is None:
             res.error = _newton_failure(tab.name, g0, h, pb.sign, iters, rate)
             res.status, res.message = -4, str(res.error)
