@@ -137,7 +137,7 @@ class _Jacobian:
                 with torch.enable_grad():
                     jac = torch.func.jacrev(lambda v: self.f(t, v.view_as(y), 0).reshape(-1))(
                         flat.detach())
-                return jac.detach()
+                return jac.detach().contiguous()
             except (RuntimeError, TypeError):
                 self.mode = "fd"  # e.g. a field that calls torch.autograd.grad itself
         if f0 is None:
@@ -250,8 +250,11 @@ class _StageSolver:
         return M
 
     def solve(self, t: float, y: Tensor, h: float, f0: Tensor, J: Tensor | None,
-              scale: Tensor, exact: bool = False) -> tuple[Tensor | None, int, float]:
-        """Newton from ``K = f0``; returns ``(K or None if it failed, iterations, rate)``.
+              scale: Tensor, exact: bool = False, K0: Tensor | None = None
+              ) -> tuple[Tensor | None, int, float]:
+        """Newton from ``K0`` (default: ``f0`` per stage).
+
+        Returns ``(K, iterations, rate)``, ``K`` None if Newton failed.
 
         ``exact=False``: simplified Newton with one Jacobian ``J`` at ``(t, y)`` for all stages
         (one LU per step size). ``exact=True``: full Newton, the stage Jacobians re-evaluated at
@@ -260,7 +263,14 @@ class _StageSolver:
         """
         s = self.tab.stages
         n = y.numel()
-        K = f0.reshape(1, -1).expand(s, n).clone()
+        # Simplified Newton starts from the explicit predictor K = f0; the full-Newton fallback
+        # from K = 0 (Y = y), the safe start when h·λ is large and the predictor overshoots.
+        if K0 is not None:
+            K = K0.clone()
+        elif exact:
+            K = torch.zeros(s, n, dtype=f0.dtype, device=f0.device)
+        else:
+            K = f0.reshape(1, -1).expand(s, n).clone()
         krylov = self.cfg.jacobian == "krylov"
         if not krylov and not exact and (self._lu is None or self._lu[0] != h
                                          or self._lu[1] is not J):
@@ -465,6 +475,11 @@ def integrate_radau(pb: Problem, cfg: AdaptiveConfig, record_dense: bool = False
         h = float(cfg.first_step)
     h = min(cfg.max_step, max(cfg.min_step, h))
     e = torch.tensor(_E_RADAU, dtype=torch.float64)
+    a_inv = torch.linalg.inv(solver.a)
+    c_nodes = torch.tensor([0.0, *tab.c], dtype=torch.float64)
+    prev_Z: Tensor | None = None  # the last accepted step's Y − y, for the next Newton start
+    prev_h = 0.0
+    err_lu = None  # (h, J, LU of μ/h − J) for the error estimate, reused like the stage LU
     t, y = t0, y0
     J = None
     J_current = False
@@ -490,7 +505,9 @@ def integrate_radau(pb: Problem, cfg: AdaptiveConfig, record_dense: bool = False
                 J = solver.jac.dense(t, yd, f0d) if ncfg.jacobian != "krylov" else None
                 J_current = True
             scale0 = _scale(yd, None, rtol, atol)
-            K, iters, rate = solver.solve(t, yd, h_step, f0d, J, scale0)
+            K0 = None if prev_Z is None else _extrapolate_stages(prev_Z, prev_h, h_step, c_nodes,
+                                                                 a_inv)
+            K, iters, rate = solver.solve(t, yd, h_step, f0d, J, scale0, K0=K0)
         if K is None:
             if not J_current and ncfg.jacobian != "krylov":
                 J = None  # retry the same step with a fresh Jacobian
@@ -516,11 +533,12 @@ def integrate_radau(pb: Problem, cfg: AdaptiveConfig, record_dense: bool = False
 
                     return _gmres(mv, r, 1e-6, ncfg.krylov_dim)
             else:
-                lu = torch.linalg.lu_factor(
-                    _MU_REAL / h_step * torch.eye(n, dtype=J.dtype, device=J.device) - J)
-                solver.n_lu += 1
+                if err_lu is None or err_lu[0] != h_step or err_lu[1] is not J:
+                    err_lu = (h_step, J, torch.linalg.lu_factor(
+                        _MU_REAL / h_step * torch.eye(n, dtype=J.dtype, device=J.device) - J))
+                    solver.n_lu += 1
 
-                def err_solve(r, _lu=lu):
+                def err_solve(r, _lu=err_lu[2]):
                     return torch.linalg.lu_solve(*_lu, r.unsqueeze(1)).squeeze(1)
 
             err = err_solve(f0d.reshape(-1) + ZE)
@@ -551,11 +569,16 @@ def integrate_radau(pb: Problem, cfg: AdaptiveConfig, record_dense: bool = False
                 cb[1](t, y, h_step)
             factor = 10.0 if ratio == 0 else min(cfg.ifactor, safety * ratio ** -0.25)
             t, y, f0 = t1, y1, f1
+            prev_Z, prev_h = Z, h_step
             rejected = False
-            # Keep the Jacobian while Newton contracts fast; refresh it otherwise.
+            # Keep the Jacobian while Newton contracts fast; refresh it otherwise. With the
+            # Jacobian kept, a change of h by less than +20 % (the step was accepted, so any
+            # shrink is mild) is not worth new LUs: keep h (Hairer & Wanner's strategy).
             J_current = False
             if rate > 1e-3 and iters > 2:
                 J = None
+            elif factor < 1.2 and not hit_end:
+                factor = 1.0
         else:
             n_rej += 1
             rejected = True
@@ -569,6 +592,26 @@ def integrate_radau(pb: Problem, cfg: AdaptiveConfig, record_dense: bool = False
     res.t_final = t
     res.h_next = h
     return res
+
+
+def _extrapolate_stages(Z: Tensor, h_old: float, h_new: float, c_nodes: Tensor,
+                        a_inv: Tensor) -> Tensor:
+    """Newton start for the next step: the previous collocation polynomial extrapolated.
+
+    ``Z`` (``(s, n)``) holds the previous step's ``Y_i − y_n``; the polynomial through
+    ``(0, 0)`` and ``(c_i, Z_i)`` (time in units of ``h_old``) is evaluated at the new stage times
+    ``1 + c_i h_new/h_old``, shifted by ``Z_s = y_{n+1} − y_n`` and mapped to stage derivatives
+    ``K = A⁻¹ Z_new / h_new``.
+    """
+    nodes = c_nodes.tolist()
+    pts = [1.0 + ci * h_new / h_old for ci in nodes[1:]]
+    # Lagrange basis of the nodes 1..s (node 0 carries the value 0), at each new point
+    L = torch.tensor([[math.prod((p - nodes[m]) / (nodes[j] - nodes[m])
+                                 for m in range(len(nodes)) if m != j)
+                       for j in range(1, len(nodes))] for p in pts], dtype=torch.float64)
+    L = L.to(dtype=Z.dtype, device=Z.device)
+    Z_new = L @ Z - Z[-1].unsqueeze(0)
+    return (a_inv.to(dtype=Z.dtype, device=Z.device) @ Z_new) / h_new
 
 
 def _run_fixed(name: str):

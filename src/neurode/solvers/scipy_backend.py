@@ -11,6 +11,8 @@ neurode[scipy]``).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from neurode.errors import InvalidInputError, MaxStepsReachedError, SolverError
@@ -60,7 +62,11 @@ def _run(pb: Problem, record_dense: bool) -> LoopResult:
         raise InvalidInputError("solver 'LSODA' does not take complex states; use 'BDF', "
                                 "'Radau' or 'RK45'")
     wdtype = torch.complex128 if complex_state else torch.float64
-    res = LoopResult(ys=[y0], t_final=pb.t_out[0])
+    if torch.is_grad_enabled() and y0.requires_grad:
+        warnings.warn("method 'scipy_solver' runs outside autograd: its outputs carry no "
+                      "gradient. Use odeint_adjoint(..., adjoint_method='scipy_solver') for "
+                      "gradients with a SciPy backward solve, or a torch method.", stacklevel=4)
+    res = LoopResult(ys=[y0.detach()], t_final=pb.t_out[0])
     t_out = pb.t_out
     if len(t_out) == 1:
         return res
