@@ -10,12 +10,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from neurode.errors import InvalidInputError, NonFiniteStateError
+from neurode.errors import (
+    InvalidInputError,
+    MaxStepsReachedError,
+    NonFiniteStateError,
+    StepSizeTooSmallError,
+)
 from neurode.solvers.adaptive import AdaptiveConfig, LoopResult, integrate_adaptive
 from neurode.solvers.fixed import integrate_adams, integrate_fixed, make_grid
 from neurode.solvers.problem import Problem, make_problem
 from neurode.solvers.rk import get_stepper
-from neurode.solvers.solution import DenseOutput, Solution, Stats
+from neurode.solvers.solution import STATUS_MESSAGES, DenseOutput, Solution, Stats
 
 __all__ = ["odeint", "odeint_dense", "solve_ivp"]
 
@@ -213,15 +218,46 @@ def odeint(func: Func, y0: State, t: Tensor, *, rtol: float | Tensor = 1e-7,
 
         return integrate_event(func, y0, t, event_fn, rtol=rtol, atol=atol, method=method,
                                options=options)
+    if options is not None and "per_sample" in options:
+        if options["per_sample"]:
+            return _per_sample(func, y0, t, method, rtol, atol, options, throw=True).ys
+        options = {k: v for k, v in options.items() if k != "per_sample"}
     pb = make_problem(func, y0, t, rtol, atol, method, options)
     _, out = _solve(pb, record_dense=False, throw=True)
     return pb.unflatten(out.reshape(out.shape[0], -1)) if pb.is_tuple else out
 
 
+def _per_sample(func, y0, t, method, rtol, atol, options, throw: bool) -> Solution:
+    """Per-sample stepping (:mod:`neurode.solvers.batched`) behind the public functions."""
+    from neurode.solvers.batched import integrate_per_sample
+
+    r = integrate_per_sample(func, y0, t, method="dopri5" if method is None else method,
+                             rtol=rtol, atol=atol, options=options)
+    stats = Stats(nfe=r.nfe, n_steps=r.n_steps, n_accepted=r.n_accepted,
+                  n_rejected=r.n_rejected)
+    failed = torch.nonzero(r.status < 0).flatten().tolist()
+    status, message = 0, "success"
+    if failed:
+        b = failed[0]
+        status = int(r.status[b])
+        t_b = float(r.t_final[b])
+        message = (f"{len(failed)} of {r.status.numel()} samples failed; sample {b}: "
+                   f"{STATUS_MESSAGES[status]} at t={t_b:.6g}")
+        if status == -1:
+            message += (f" (max_num_steps={options.get('max_num_steps')} steps of the batch); "
+                        "raise options['max_num_steps'] or loosen rtol/atol")
+        if throw:
+            cls = {-1: MaxStepsReachedError, -2: StepSizeTooSmallError,
+                   -3: NonFiniteStateError}[status]
+            raise cls(message, t=t_b)
+    return Solution(ts=t, ys=r.ys, stats=stats, status=status, message=message,
+                    sample_status=r.status)
+
+
 def solve_ivp(func: Func, y0: State, t_eval: Tensor, *, method: str = "dopri5",
               rtol: float | Tensor = 1e-7, atol: float | Tensor = 1e-9,
               options: dict[str, Any] | None = None, dense: bool = False,
-              throw: bool = True) -> Solution:
+              throw: bool = True, per_sample: bool = False) -> Solution:
     """Solve an initial value problem and return a :class:`Solution` with statistics.
 
     Same arguments as :func:`odeint` (``t_eval`` plays the role of ``t``), plus:
@@ -231,7 +267,19 @@ def solve_ivp(func: Func, y0: State, t_eval: Tensor, *, method: str = "dopri5",
             anywhere in the span (memory grows with the number of steps).
         throw: if False, a failed integration returns a Solution with ``status < 0``, a
             ``message`` saying where and why, and NaN rows for the times not reached.
+        per_sample: give every sample of a batch ``y0`` ``(B, ...)`` its own step sizes (also
+            ``options={"per_sample": True}``): ``t_eval`` may then be ``(B, T)``, ``func``
+            receives ``t`` as a ``(B,)`` tensor, ``ys`` is ``(T, B, ...)`` and the statistics
+            are per sample (see :mod:`neurode.solvers.batched`).
     """
+    if per_sample or (options is not None and options.get("per_sample", False)):
+        if dense:
+            raise InvalidInputError("dense=True is not available in per-sample mode; pass the "
+                                    "times you need in t_eval (interpolated per step)")
+        return _per_sample(func, y0, t_eval, method, rtol, atol,
+                           {**(options or {}), "per_sample": True}, throw)
+    if options is not None and "per_sample" in options:
+        options = {k: v for k, v in options.items() if k != "per_sample"}
     pb = make_problem(func, y0, t_eval, rtol, atol, method, options)
     res, out = _solve(pb, record_dense=dense, throw=throw)
     ys = pb.unflatten(out.reshape(out.shape[0], -1)) if pb.is_tuple else out

@@ -23,12 +23,14 @@ STATUS_MESSAGES = {0: "success", 1: "terminated by event", -1: "max_num_steps re
 @dataclass
 class Stats:
     """Solver statistics: function evaluations, steps taken, accepted and rejected, and (implicit
-    methods) Jacobian evaluations and LU factorisations."""
+    methods) Jacobian evaluations and LU factorisations. In per-sample mode the first four are
+    ``(B,)`` int64 tensors, one count per sample (``nfe`` counts the evaluations of that
+    sample's row: the batch is evaluated together while the sample is still running)."""
 
-    nfe: int = 0
-    n_steps: int = 0
-    n_accepted: int = 0
-    n_rejected: int = 0
+    nfe: int | Tensor = 0
+    n_steps: int | Tensor = 0
+    n_accepted: int | Tensor = 0
+    n_rejected: int | Tensor = 0
     n_jac: int = 0
     n_lu: int = 0
 
@@ -106,6 +108,8 @@ class Solution:
             :data:`STATUS_MESSAGES`).
         message: what happened, in words (where and why for failures).
         dense: a :class:`DenseOutput` when the solve was asked for one (``dense=True``).
+        sample_status: per-sample mode only: ``(B,)`` int64 status of each sample (``status``
+            is then the first failure's code, or 0).
     """
 
     ts: Tensor
@@ -115,6 +119,7 @@ class Solution:
     message: str = "success"
     dense: DenseOutput | None = None
     event_t: Tensor | None = None
+    sample_status: Tensor | None = None
 
     @property
     def success(self) -> bool:
