@@ -288,6 +288,17 @@ def odeint_adjoint(func: Callable, y0, t, *, rtol: float | Tensor = 1e-7,
                                     adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
                                     adjoint_options=adjoint_options,
                                     adjoint_params=adjoint_params)
+    if options is not None and options.get("per_sample", False):
+        from neurode.gradients.per_sample_adjoint import odeint_adjoint_per_sample
+
+        if adjoint_method not in (None, method) or adjoint_options is not None:
+            raise InvalidInputError(
+                "per-sample adjoint: the backward pass replays the forward's own steps, so "
+                "adjoint_method and adjoint_options do not apply; leave them unset")
+        return odeint_adjoint_per_sample(func, y0, t, rtol=rtol, atol=atol, method=method,
+                                         options=options, adjoint_params=adjoint_params)
+    if options is not None and "per_sample" in options:
+        options = {k: v for k, v in options.items() if k != "per_sample"}
     params = _resolve_params(func, adjoint_params)
     pb = make_problem(func, y0, t, rtol, atol, method, options)
     a_rtol, a_atol, a_method, a_options = _adjoint_defaults(

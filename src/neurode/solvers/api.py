@@ -227,6 +227,20 @@ def odeint(func: Func, y0: State, t: Tensor, *, rtol: float | Tensor = 1e-7,
     return pb.unflatten(out.reshape(out.shape[0], -1)) if pb.is_tuple else out
 
 
+def _per_sample_error(r, failed: list[int], options) -> Exception:
+    """The error for a per-sample solve in which the samples ``failed`` failed."""
+    b = failed[0]
+    status = int(r.status[b])
+    t_b = float(r.t_final[b])
+    message = (f"{len(failed)} of {r.status.numel()} samples failed; sample {b}: "
+               f"{STATUS_MESSAGES[status]} at t={t_b:.6g}")
+    if status == -1:
+        message += (f" (max_num_steps={(options or {}).get('max_num_steps')} steps of the "
+                    "batch); raise options['max_num_steps'] or loosen rtol/atol")
+    cls = {-1: MaxStepsReachedError, -2: StepSizeTooSmallError, -3: NonFiniteStateError}[status]
+    return cls(message, t=t_b)
+
+
 def _per_sample(func, y0, t, method, rtol, atol, options, throw: bool) -> Solution:
     """Per-sample stepping (:mod:`neurode.solvers.batched`) behind the public functions."""
     from neurode.solvers.batched import integrate_per_sample
@@ -238,18 +252,10 @@ def _per_sample(func, y0, t, method, rtol, atol, options, throw: bool) -> Soluti
     failed = torch.nonzero(r.status < 0).flatten().tolist()
     status, message = 0, "success"
     if failed:
-        b = failed[0]
-        status = int(r.status[b])
-        t_b = float(r.t_final[b])
-        message = (f"{len(failed)} of {r.status.numel()} samples failed; sample {b}: "
-                   f"{STATUS_MESSAGES[status]} at t={t_b:.6g}")
-        if status == -1:
-            message += (f" (max_num_steps={options.get('max_num_steps')} steps of the batch); "
-                        "raise options['max_num_steps'] or loosen rtol/atol")
+        err = _per_sample_error(r, failed, options)
         if throw:
-            cls = {-1: MaxStepsReachedError, -2: StepSizeTooSmallError,
-                   -3: NonFiniteStateError}[status]
-            raise cls(message, t=t_b)
+            raise err
+        status, message = int(r.status[failed[0]]), str(err)
     return Solution(ts=t, ys=r.ys, stats=stats, status=status, message=message,
                     sample_status=r.status)
 

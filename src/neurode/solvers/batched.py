@@ -61,6 +61,9 @@ class BatchedResult:
     t_final: Tensor
     host_syncs: int
     iterations: int
+    #: with ``record_steps``: per iteration ``(t_before, t_after, accepted, idx_before,
+    #: idx_after)`` in internal time (``(B,)`` tensors; ``idx`` is the next output's index)
+    steps: list | None = None
 
 
 class _Coeffs:
@@ -144,7 +147,8 @@ def _check_times(t: Tensor, B: int) -> tuple[Tensor, float]:
 
 def integrate_per_sample(func, y0: Tensor, t: Tensor, *, method: str = "dopri5",
                          rtol: float = 1e-7, atol: float = 1e-9,
-                         options: dict[str, Any] | None = None) -> BatchedResult:
+                         options: dict[str, Any] | None = None,
+                         record_steps: bool = False) -> BatchedResult:
     """Solve ``B`` independent problems with per-sample step sizes (module docstring).
 
     Args:
@@ -158,6 +162,9 @@ def integrate_per_sample(func, y0: Tensor, t: Tensor, *, method: str = "dopri5",
             ``pcoeff``/``icoeff``/``dcoeff``, ``max_num_steps``, ``min_step``, ``max_step``) plus
             ``sync_every`` (steps between host checks, default 8), ``max_outputs_per_step`` (4)
             and ``compile`` (``torch.compile`` the step, default False).
+        record_steps: keep every iteration's times, acceptance and output cursor (a few
+            ``(B,)`` tensors per iteration, no states) and land a step on every output time
+            (window 1): the per-sample adjoint replays these steps backwards.
     """
     o = dict(options or {})
     unknown = set(o) - BATCHED_OPTIONS
@@ -188,8 +195,11 @@ def integrate_per_sample(func, y0: Tensor, t: Tensor, *, method: str = "dopri5",
     t_int, sign = _check_times(t, B)
     t_int = t_int.to(y0.device).contiguous()
     cf = _coeffs(spec.tableau)
+    if record_steps:
+        o["max_outputs_per_step"] = 1
     loop = _Loop(func, y0, t_int, sign, t.dtype if t.is_floating_point() else torch.float64,
                  cf, rtol, atol, o)
+    loop.record_steps = record_steps
     return loop.run()
 
 
@@ -215,6 +225,7 @@ class _Loop:
                                     "options['dcoeff'] must be 0")
         self.e1, self.e2 = -(p + i) / cf.k, p / cf.k
         self.first_step = o.get("first_step")
+        self.record_steps = False
         self.max_steps = int(o.get("max_num_steps", 2**31 - 1))
         self.min_step = abs(float(o.get("min_step", 0.0)))
         self.max_step = abs(float(o.get("max_step", math.inf)))
@@ -343,7 +354,7 @@ class _Loop:
         acc1 = accept.unsqueeze(1)
         return (torch.where(accept, t_next, t), torch.where(acc1, y1, y),
                 torch.where(acc1, f1, k0), h_new, prev_new, rej_new, done_new,
-                idx + m.sum(1), n_steps + active, n_acc + accept, status, posc, yw)
+                idx + m.sum(1), n_steps + active, n_acc + accept, status, posc, yw, accept)
 
     def run(self) -> BatchedResult:
         B, N, T = self.B, self.N, self.T
@@ -359,6 +370,7 @@ class _Loop:
         idx = torch.ones(B, dtype=torch.long, device=dev)
         host_syncs = 0
         iterations = 0
+        record = [] if self.record_steps else None
         if T > 1:
             k0 = self.f(self.user_t(t), y)
             nfe += 1
@@ -377,10 +389,13 @@ class _Loop:
             expand = (-1, -1, N)
             while True:
                 for _ in range(self.K):
+                    t_in, idx_in = t, idx
                     (t, y, k0, h, prev_r, rej_last, done, idx, n_steps, n_acc, status, posc,
-                     yw) = self.step_fn(t, y, k0, h, prev_r, rej_last, done, idx, n_steps, n_acc,
-                                        status)
+                     yw, accept) = self.step_fn(t, y, k0, h, prev_r, rej_last, done, idx,
+                                                n_steps, n_acc, status)
                     iterations += 1
+                    if record is not None:
+                        record.append((t_in, t, accept, idx_in, idx))
                     out.scatter_add_(1, posc.unsqueeze(-1).expand(expand), yw)
                     if iterations >= self.max_steps:
                         break
@@ -399,4 +414,4 @@ class _Loop:
         ys = out.transpose(0, 1).reshape(T, *self.shape)
         return BatchedResult(ys=ys, n_steps=n_steps, n_accepted=n_acc, n_rejected=n_rej,
                              nfe=nfe, status=status, t_final=self.sign * t,
-                             host_syncs=host_syncs, iterations=iterations)
+                             host_syncs=host_syncs, iterations=iterations, steps=record)
