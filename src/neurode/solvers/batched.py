@@ -203,6 +203,30 @@ def integrate_per_sample(func, y0: Tensor, t: Tensor, *, method: str = "dopri5",
     return loop.run()
 
 
+def _compile_step(step):
+    """``torch.compile`` the step as one graph (``fullgraph``); if ``func`` cannot be traced
+    into one graph (data-dependent Python control flow, unsupported calls), fall back to a
+    compilation with graph breaks, and say so once."""
+    full = torch.compile(step, dynamic=False, fullgraph=True)
+    state = {"fn": full}
+
+    def run(*args):
+        try:
+            return state["fn"](*args)
+        except Exception as e:  # torch._dynamo raises its own Unsupported/UserError types
+            if state["fn"] is not full:
+                raise
+            import warnings
+
+            warnings.warn(f"options['compile']: the step does not compile to one graph "
+                          f"({type(e).__name__}); compiling with graph breaks instead",
+                          stacklevel=2)
+            state["fn"] = torch.compile(step, dynamic=False)
+            return state["fn"](*args)
+
+    return run
+
+
 class _Loop:
     def __init__(self, func, y0, t_int, sign, t_dtype, cf: _Coeffs, rtol, atol, o):
         self.func = func
@@ -246,7 +270,7 @@ class _Loop:
         self.tiny = 8 * _EPS
         self.step_fn = self._step
         if o.get("compile", False):
-            self.step_fn = torch.compile(self._step, dynamic=False)
+            self.step_fn = _compile_step(self._step)
         # stages after k0, f(t+h, y1) when not FSAL (dense output and the next k0), extras
         self.nfe_per_step = cf.stages - 1 + (0 if cf.fsal else 1) + len(cf.extra_c)
 
