@@ -1,0 +1,7 @@
+"""Data sets that need no download: generated ones and scikit-learn's digits (plus loaders for
+MNIST/CIFAR-10 in a local folder)."""
+
+from neurode.data.images import load_digits, load_torchvision
+from neurode.data.toy2d import TOY_2D, sample_2d
+
+__all__ = ["TOY_2D", "load_digits", "load_torchvision", "sample_2d"]

@@ -1,0 +1,130 @@
+"""``ODEBlock``: a layer that returns the solution of ``dz/dt = f(t, z)`` from its input.
+
+The gradient method is a constructor argument: ``"backprop"`` (through the solver),
+``"adjoint"`` (O(1) memory), ``"checkpoint"`` (ACA: backprop-exact, O(steps·state)) or
+``"reversible"`` (MALI/ALF, O(1) memory and exact for its discretisation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from neurode.errors import InvalidInputError
+from neurode.gradients import odeint_adjoint, odeint_checkpoint, odeint_reversible
+from neurode.nn.dynamics import RegularizedODEFunc
+from neurode.solvers import odeint
+
+__all__ = ["GRADIENTS", "ODEBlock", "solve"]
+
+GRADIENTS = ("backprop", "adjoint", "checkpoint", "reversible")
+
+
+def solve(func: nn.Module, y0, t: Tensor, *, gradient: str = "adjoint", method: str | None = None,
+          rtol: float = 1e-3, atol: float = 1e-3, options: dict[str, Any] | None = None):
+    """``odeint`` with the gradient method named by ``gradient`` (one of :data:`GRADIENTS`)."""
+    if gradient == "backprop":
+        return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
+    if gradient == "adjoint":
+        return odeint_adjoint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
+                              adjoint_params=tuple(func.parameters()))
+    if gradient == "checkpoint":
+        return odeint_checkpoint(func, y0, t, rtol=rtol, atol=atol, method=method,
+                                 options=options, adjoint_params=tuple(func.parameters()))
+    if gradient == "reversible":
+        return odeint_reversible(func, y0, t, rtol=rtol, atol=atol,
+                                 method="alf" if method is None else method, options=options,
+                                 adjoint_params=tuple(func.parameters()))
+    raise InvalidInputError(f"gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}")
+
+
+class _Counting(nn.Module):
+    """Wraps ``func`` to count its evaluations (its parameters stay ``func``'s)."""
+
+    def __init__(self, func: nn.Module):
+        super().__init__()
+        self.func = func
+        self.nfe = 0
+
+    def forward(self, t, y):
+        self.nfe += 1
+        return self.func(t, y)
+
+
+class ODEBlock(nn.Module):
+    """Drop-in layer ``x ↦ z(t1)`` with ``z(t0) = x`` and ``dz/dt = func(t, z)``.
+
+    Args:
+        func: the vector field, an ``nn.Module`` ``func(t, z)`` (its parameters are trained).
+        t: integration times; ``(t0, t1)`` by default ``(0, 1)``. With more than two times and
+            ``return_trajectory=True`` the layer returns ``z`` at all of them, ``(T, *x.shape)``.
+        method, rtol, atol, options: solver settings (defaults: dopri5, 1e-3, 1e-3).
+        gradient: ``"backprop" | "adjoint" | "checkpoint" | "reversible"``.
+        augment_dim: Dupont et al.'s augmented neural ODE: this many zero channels (dim 1) are
+            appended to ``x`` before solving, and kept in the output.
+        return_trajectory: return every time in ``t`` instead of the last.
+        kinetic_weight, jacobian_weight: RNODE regularisation (Finlay et al. 2020): the
+            per-sample integrals of ``‖f‖²`` and ``‖∂f/∂z‖_F²`` are solved alongside ``z`` and
+            :attr:`regularization` holds their weighted batch mean after each forward pass, to
+            be added to the loss. ``estimator`` (``"hutchinson"``, or ``"exact"`` for small
+            states) and ``noise`` choose the Frobenius estimator.
+
+    After a forward pass, :attr:`nfe_forward` is the number of evaluations it took, and after
+    the backward pass :attr:`nfe_backward` (evaluations since the end of the forward pass).
+    """
+
+    def __init__(self, func: nn.Module, t=(0.0, 1.0), *, method: str | None = "dopri5",
+                 rtol: float = 1e-3, atol: float = 1e-3, gradient: str = "adjoint",
+                 options: dict[str, Any] | None = None, augment_dim: int = 0,
+                 return_trajectory: bool = False, kinetic_weight: float = 0.0,
+                 jacobian_weight: float = 0.0, estimator: str = "hutchinson",
+                 noise: str = "gaussian"):
+        super().__init__()
+        if gradient not in GRADIENTS:
+            raise InvalidInputError(
+                f"gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}")
+        if augment_dim < 0:
+            raise InvalidInputError(f"augment_dim must be ≥ 0, got {augment_dim}")
+        self.func = _Counting(func)
+        self.register_buffer("t", torch.as_tensor(t, dtype=torch.float32).flatten().clone())
+        if self.t.numel() < 2:
+            raise InvalidInputError("t needs at least two times (t0, t1)")
+        self.method, self.rtol, self.atol = method, rtol, atol
+        self.gradient = gradient
+        self.options = options
+        self.augment_dim = augment_dim
+        self.return_trajectory = return_trajectory
+        self._nfe_after_forward = 0
+        self.nfe_forward = 0
+        self.kinetic_weight, self.jacobian_weight = float(kinetic_weight), float(jacobian_weight)
+        self.reg = (RegularizedODEFunc(self.func, estimator, noise)
+                    if kinetic_weight or jacobian_weight else None)
+        self.regularization: Tensor | None = None
+
+    @property
+    def nfe_backward(self) -> int:
+        """Evaluations since the end of the last forward pass (the backward pass's, once it ran)."""
+        return self.func.nfe - self._nfe_after_forward
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.augment_dim:
+            pad = x.new_zeros(x.shape[0], self.augment_dim, *x.shape[2:])
+            x = torch.cat([x, pad], 1)
+        start = self.func.nfe
+        t = self.t.to(x.dtype if x.is_floating_point() else torch.float32)
+        if self.reg is None:
+            zs = solve(self.func, x, t, gradient=self.gradient, method=self.method,
+                       rtol=self.rtol, atol=self.atol, options=self.options)
+        else:
+            self.reg.resample(x)
+            zero = x.new_zeros(x.shape[0])
+            zs, kin, jac = solve(self.reg, (x, zero, zero.clone()), t, gradient=self.gradient,
+                                 method=self.method, rtol=self.rtol, atol=self.atol,
+                                 options=self.options)
+            self.regularization = (self.kinetic_weight * kin[-1]
+                                   + self.jacobian_weight * jac[-1]).mean()
+        self._nfe_after_forward = self.func.nfe
+        self.nfe_forward = self.func.nfe - start
+        return zs if self.return_trajectory else zs[-1]

@@ -1,0 +1,79 @@
+"""Vector-field building blocks: an evaluation-counting ``ODEFunc`` and layers that see time.
+
+Time enters as one extra input feature (``ConcatLinear``) or one extra constant channel
+(``ConcatConv2d``), as in Chen et al. (2018). ``t`` may be a 0-d tensor (one time for the batch)
+or a ``(B,)`` tensor (per-sample solving): both broadcast over the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ConcatConv2d", "ConcatLinear", "ODEFunc"]
+
+
+def _time_column(t: Tensor, x: Tensor, trailing: tuple[int, ...]) -> Tensor:
+    """``t`` broadcast to ``(B, 1, *trailing)`` in ``x``'s dtype and device."""
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    B = x.shape[0]
+    if t.ndim == 0:
+        t = t.expand(B)
+    elif t.shape != (B,):
+        raise ValueError(f"t must be 0-d or of shape ({B},) (one time per sample), got "
+                         f"{tuple(t.shape)}")
+    return t.view(B, 1, *([1] * len(trailing))).expand(B, 1, *trailing)
+
+
+class ConcatLinear(nn.Module):
+    """``Linear(in_features + 1, out_features)`` applied to ``[x, t]``; ``x`` is ``(B, in)``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(in_features + 1, out_features, bias=bias)
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        return self.linear(torch.cat([x, _time_column(t, x, ())], 1))
+
+
+class ConcatConv2d(nn.Module):
+    """``Conv2d(in_channels + 1, out_channels, ...)`` on ``x`` ``(B, C, H, W)`` with ``t`` as an
+    extra constant channel."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 stride: int = 1, padding: int = 1, bias: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels + 1, out_channels, kernel_size, stride, padding,
+                              bias=bias)
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        return self.conv(torch.cat([x, _time_column(t, x, tuple(x.shape[2:]))], 1))
+
+
+class ODEFunc(nn.Module):
+    """A vector field ``f(t, y)`` that counts its evaluations.
+
+    Either wrap a module (``ODEFunc(net)`` calls ``net(y)``, or ``net(t, y)`` with
+    ``time_input=True``) or subclass and override :meth:`dynamics`. ``nfe`` counts calls since
+    the last :meth:`reset_nfe`; solvers and :class:`~neurode.nn.ODEBlock` read it.
+    """
+
+    def __init__(self, net: nn.Module | Callable | None = None, time_input: bool = False):
+        super().__init__()
+        self.net = net
+        self.time_input = time_input
+        self.nfe = 0
+
+    def reset_nfe(self) -> None:
+        self.nfe = 0
+
+    def dynamics(self, t: Tensor, y: Tensor) -> Tensor:
+        if self.net is None:
+            raise NotImplementedError("ODEFunc needs a net, or a subclass overriding dynamics()")
+        return self.net(t, y) if self.time_input else self.net(y)
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.dynamics(t, y)
