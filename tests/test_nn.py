@@ -262,7 +262,7 @@ def test_flow_matching_trains_a_flow_whose_density_integrates_to_one():
     opt = torch.optim.Adam(field.parameters(), lr=3e-3)
     data = sample_2d("8gaussians", 4000, seed=0)
     first = None
-    for it in range(300):
+    for _ in range(300):
         x1 = data[torch.randint(0, len(data), (256,))]
         loss = flow_matching_loss(field, x1)
         first = float(loss) if first is None else first
@@ -313,6 +313,6 @@ def test_data_errors_are_clear():
         sample_2d("swissroll", 10)
     with pytest.raises(neurode.InvalidInputError, match="nothing is downloaded"):
         load_torchvision("mnist", "/nonexistent/folder")
-    xtr, ytr, xte, yte = load_digits()
+    xtr, ytr, xte, _ = load_digits()
     assert xtr.shape[1:] == (1, 8, 8) and len(xtr) + len(xte) == 1797
     assert float(xtr.max()) <= 1.0 and set(ytr.tolist()) == set(range(10))
