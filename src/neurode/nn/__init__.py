@@ -6,6 +6,7 @@ Depends on :mod:`neurode.gradients` and :mod:`neurode.solvers`; nothing there de
 from neurode.nn.block import GRADIENTS, ODEBlock, solve
 from neurode.nn.cnf import CNF, flow_matching_loss
 from neurode.nn.dynamics import RegularizedODEFunc, SecondOrderFunc
+from neurode.nn.latent import GRUBaseline, LatentODE
 from neurode.nn.layers import ConcatConv2d, ConcatLinear, ODEFunc
 from neurode.nn.odenet import ConvODEFunc, ODENetClassifier, ResBlock, count_parameters
 
@@ -15,6 +16,8 @@ __all__ = [
     "ConcatConv2d",
     "ConcatLinear",
     "ConvODEFunc",
+    "GRUBaseline",
+    "LatentODE",
     "ODEBlock",
     "ODEFunc",
     "ODENetClassifier",
