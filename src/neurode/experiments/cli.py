@@ -1,0 +1,264 @@
+"""The ``neurode`` command: ``train``, ``evaluate``, ``plot`` and ``bench``.
+
+    neurode train spiral                 # the classic first experiment (< 2 min on 2 CPU cores)
+    neurode train classify               # ODE-Net vs ResNet vs RK-Net on the bundled digits
+    neurode train latent                 # latent ODE vs GRU on irregular periodic series
+    neurode train cnf --data moons       # a 2-D continuous normalizing flow
+    neurode evaluate runs/<name>         # metrics of a saved run
+    neurode plot runs/<name>             # its figures again
+    neurode bench                        # a quick solver benchmark (vs torchdiffeq if installed)
+
+Every run writes ``runs/<name>/`` (config, metrics, checkpoint, plots); ``--resume`` continues
+it. Under ``torchrun --nproc_per_node=N -m neurode train ...`` training is data-parallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neurode.errors import NeurodeError
+from neurode.experiments.runner import CHECKPOINT, CheckpointError, Dist, Trainer, load_checkpoint
+from neurode.experiments.tasks import TASKS
+
+__all__ = ["main"]
+
+# settings that do not change what a run computes (not checked on resume)
+_NOT_CONFIG = {"command", "resume", "no_progress", "runs_dir", "name", "checkpoint_every"}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NeurodeError("--device cuda: no CUDA device is available (use cpu or auto)")
+    return torch.device(name)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neurode", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    sub = p.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a model (see: neurode train TASK --help)")
+    tsub = train.add_subparsers(dest="task", required=True)
+    for name, task in TASKS.items():
+        tp = tsub.add_parser(name, help=task.__doc__.splitlines()[0],
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        common = tp.add_argument_group("run")
+        common.add_argument("--name", help="run name (default: TASK-DATE-TIME); the folder is "
+                            "RUNS_DIR/NAME")
+        common.add_argument("--runs-dir", default="runs")
+        common.add_argument("--resume", action="store_true",
+                            help="continue the run NAME from its checkpoint")
+        common.add_argument("--seed", type=int, default=0)
+        common.add_argument("--steps", type=int, default=task.defaults["steps"],
+                            help="optimisation steps (classify: use --epochs)")
+        common.add_argument("--lr", type=float, default=task.defaults["lr"])
+        common.add_argument("--batch-size", type=int, default=task.defaults["batch_size"],
+                            help="global batch (split across processes under torchrun)")
+        common.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"],
+                            help="cosine: decay to 5 %% of --lr over the run")
+        common.add_argument("--checkpoint-every", type=int, default=50)
+        common.add_argument("--no-progress", action="store_true", help="no progress bar")
+        solver = tp.add_argument_group("solver")
+        solver.add_argument("--method", default="dopri5")
+        solver.add_argument("--rtol", type=float, default=1e-3 if name == "classify" else 1e-5)
+        solver.add_argument("--atol", type=float, default=1e-3 if name == "classify" else 1e-6)
+        solver.add_argument("--gradient", default="adjoint",
+                            choices=["backprop", "adjoint", "checkpoint", "reversible"])
+        solver.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+        solver.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+        task.add_arguments(tp.add_argument_group(name))
+    for cmd, text in (("evaluate", "print the metrics of a saved run"),
+                      ("plot", "draw a saved run's figures again")):
+        c = sub.add_parser(cmd, help=text)
+        c.add_argument("run", type=Path, help="the run folder (runs/NAME)")
+        c.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    b = sub.add_parser("bench", help="quick solver benchmark")
+    b.add_argument("--repeats", type=int, default=5)
+    return p
+
+
+def _build(cfg: dict[str, Any], device: torch.device):
+    task_cls = TASKS[cfg["task"]]
+    return task_cls(cfg, device, getattr(torch, cfg["dtype"]))
+
+
+def _train(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    dist = Dist.setup(device)
+    runs = Path(args.runs_dir)
+    if args.name is None:
+        if args.resume:
+            raise NeurodeError("--resume needs --name (the run to continue)")
+        args.name = (f"{args.task}-ddp-{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"
+                     if dist.world > 1 else f"{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = runs / args.name
+    cfg = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    if args.resume:
+        saved = json.loads((run_dir / "config.json").read_text()) if (
+            run_dir / "config.json").exists() else None
+        if saved is None:
+            raise CheckpointError(f"--resume: no run at {run_dir} (no config.json)")
+        saved["steps"], saved["epochs"] = cfg["steps"], cfg.get("epochs", saved.get("epochs"))
+        cfg = saved
+    elif (run_dir / CHECKPOINT).exists() or (run_dir / "config.json").exists():
+        raise NeurodeError(f"{run_dir} already holds a run: pass --resume to continue it, or "
+                           "another --name")
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    print(f"run {run_dir}  ({dist.world} process{'es' if dist.world > 1 else ''}, "
+          f"{dist.device}, {cfg['dtype']})", file=sys.stderr) if dist.main else None
+    progress = not args.no_progress
+    try:
+        if cfg["task"] == "classify":
+            results = _train_classify(cfg, run_dir, dist, args.resume, progress,
+                                      args.checkpoint_every)
+        else:
+            task = _build(cfg, dist.device)
+            trainer = Trainer(task, run_dir, cfg, dist)
+            if args.resume:
+                trainer.resume()
+            last = trainer.train(cfg["steps"], checkpoint_every=args.checkpoint_every,
+                                 progress=progress)
+            results = {"final_train": last}
+            if dist.main:
+                results.update(task.evaluate())
+                results["plots"] = [str(p) for p in task.plot(run_dir)]
+        if dist.main:
+            (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            _print_results(results)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        dist.close()
+    return 0
+
+
+def _train_classify(cfg, run_dir, dist, resume, progress, checkpoint_every) -> dict:
+    from neurode.experiments import plots
+
+    rows: dict[str, dict] = {}
+    for model in cfg["models"]:
+        sub_cfg = {**cfg, "model": model}
+        task = _build(sub_cfg, dist.device)
+        sub = run_dir / model
+        if dist.main:
+            sub.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(task, sub, sub_cfg, dist)
+        steps = cfg["epochs"] * task.steps_per_epoch
+        if resume and (sub / CHECKPOINT).exists():
+            trainer.resume()
+        t0 = time.perf_counter()
+        done_before = trainer.step
+        trainer.train(steps, checkpoint_every=checkpoint_every, progress=progress)
+        epochs_run = max((trainer.step - done_before) / task.steps_per_epoch, 1e-9)
+        sec = (time.perf_counter() - t0) / epochs_run
+        # NFE of one forward and backward pass on a training batch
+        idx = task.batch(0, torch.Generator().manual_seed(0), dist)
+        loss, _ = task.loss(task.model, idx)
+        loss.backward()
+        nfe_f, nfe_b = task.model.nfe
+        task.model.zero_grad(set_to_none=True)
+        if dist.main:
+            ev = task.evaluate()
+            rows[model] = {**ev, "nfe_forward": nfe_f, "nfe_backward": nfe_b,
+                           "seconds_per_epoch": sec, "peak_rss_mb": _peak_rss_mb()}
+    if dist.main:
+        rows["plots"] = [str(plots.classify(run_dir / "classify.png", rows))]
+    return rows
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _print_results(results: dict) -> None:
+    if results and all(isinstance(v, dict) for k, v in results.items() if k != "plots") and \
+            "final_train" not in results:
+        print(f"{'model':<8}{'test acc':>9}{'params':>9}{'NFE f/b':>10}{'s/epoch':>9}"
+              f"{'peak RSS MB':>12}")
+        for name, r in results.items():
+            if name == "plots":
+                continue
+            print(f"{name:<8}{r['test_accuracy']:>9.3f}{r['parameters']:>9}"
+                  f"{r['nfe_forward']:>5}/{r['nfe_backward']:<4}{r['seconds_per_epoch']:>9.2f}"
+                  f"{r['peak_rss_mb']:>12.0f}")
+        print("(peak RSS is the process's peak so far, cumulative over the models trained)")
+    else:
+        for k, v in results.items():
+            if k == "final_train":
+                continue
+            print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
+
+
+def _load_run(run: Path, device_name: str):
+    cfg_path = run / "config.json"
+    if not cfg_path.exists():
+        raise CheckpointError(f"{run} is not a run folder (no config.json)")
+    cfg = json.loads(cfg_path.read_text())
+    device = _device(device_name)
+    subs = [(m, run / m, {**cfg, "model": m}) for m in cfg["models"]] \
+        if cfg["task"] == "classify" else [(None, run, cfg)]
+    out = []
+    for label, folder, c in subs:
+        task = _build(c, device)
+        state = load_checkpoint(folder / CHECKPOINT, c["task"])
+        task.model.load_state_dict(state["model"])
+        out.append((label, folder, task, state["step"]))
+    return cfg, out
+
+
+def _evaluate(args) -> int:
+    _, loaded = _load_run(args.run, args.device)
+    res = {}
+    for label, _, task, step in loaded:
+        r = {"step": step, **task.evaluate()}
+        res[label or "run"] = r
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def _plot(args) -> int:
+    _, loaded = _load_run(args.run, args.device)
+    for _, folder, task, _ in loaded:
+        for p in task.plot(folder):
+            print(p)
+    return 0
+
+
+def _bench(args) -> int:
+    from neurode.experiments.bench import run
+
+    run(args.repeats)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "plot":
+            return _plot(args)
+        return _bench(args)
+    except NeurodeError as e:
+        print(f"neurode: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

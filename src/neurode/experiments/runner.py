@@ -1,0 +1,257 @@
+"""Runs: the run folder, crash-safe checkpoints, the training loop, progress, distribution.
+
+``runs/<name>/`` holds ``config.json`` (every setting, so the run can be repeated exactly),
+``metrics.jsonl`` (one JSON object per logged step), ``checkpoint.pt`` and the plots.
+
+Checkpoints are written atomically: to a temporary file in the same folder, flushed and
+``fsync``-ed, then ``os.replace``-d over the old one (and the folder entry ``fsync``-ed), so a
+process killed at any instant leaves either the old or the new checkpoint, never a torn one.
+SIGINT (Ctrl-C) finishes the current step, saves and exits with status 130.
+
+Randomness: the model is initialised from ``--seed``; step ``k`` draws its batch from a generator
+seeded with ``(seed, k)``, so a resumed run takes exactly the batches it would have taken.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised (gloo on
+CPU, NCCL on GPUs), the model is wrapped in ``DistributedDataParallel``, each step's global batch
+is split across ranks, metrics are averaged across ranks, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from neurode.errors import InvalidInputError, NeurodeError
+
+__all__ = ["CheckpointError", "Dist", "Trainer", "load_checkpoint", "save_checkpoint"]
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = 1
+
+
+class CheckpointError(NeurodeError, RuntimeError):
+    """A checkpoint that cannot be used (corrupt, from another task or configuration)."""
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename, fsync folder)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save({"format": FORMAT, **state}, fh)
+        fh.flush()
+        slow = os.environ.get("NEURODE_TEST_SLOW_SAVE")  # tests: a window to kill the process
+        if slow:
+            time.sleep(float(slow))
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - platforms without directory fsync
+        pass
+
+
+def load_checkpoint(path: Path, task: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint, with a clear error if it is missing, corrupt or from another task."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: "
+                              f"{e}); the run cannot resume from it") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a neurode checkpoint (format {FORMAT})")
+    if task is not None and state.get("task") != task:
+        raise CheckpointError(f"{path} belongs to task {state.get('task')!r}, not {task!r}")
+    return state
+
+
+@dataclass
+class Dist:
+    """Process-group facts; a single process when not launched by torchrun."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def setup(cls, device: torch.device) -> Dist:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls(0, 1, device)
+        import torch.distributed as dist
+
+        rank = int(os.environ["RANK"])
+        if device.type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(rank, world, device)
+
+    def mean(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Average scalar metrics across ranks."""
+        if self.world == 1 or not metrics:
+            return metrics
+        import torch.distributed as dist
+
+        keys = sorted(metrics)
+        vals = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+        dist.all_reduce(vals)
+        return {k: float(v) / self.world for k, v in zip(keys, vals.tolist(), strict=True)}
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    """A tqdm bar when tqdm is installed and stderr is a terminal, else None."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, dynamic_ncols=True, leave=True)
+
+
+class Trainer:
+    """The training loop shared by every task.
+
+    The task provides ``model`` (an ``nn.Module``), ``make_optimizer(params)``,
+    ``batch(step, generator, dist)`` and ``loss(model, batch) -> (loss, metrics)``; the trainer
+    does seeding, resume, checkpoints, metrics, progress, SIGINT and DDP.
+    """
+
+    def __init__(self, task, run_dir: Path, config: dict[str, Any], dist: Dist):
+        self.task, self.run_dir, self.config, self.dist = task, Path(run_dir), config, dist
+        self.model: nn.Module = task.model
+        if dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp: nn.Module = DistributedDataParallel(self.model)
+        else:
+            self.ddp = self.model
+        self.opt = task.make_optimizer(self.model.parameters())
+        self.step = 0
+        self._stop = False
+
+    # -- state -----------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"task": self.task.name, "step": self.step, "config": self.config,
+                "model": self.model.state_dict(), "optimizer": self.opt.state_dict()}
+
+    def save(self) -> None:
+        if self.dist.main:
+            save_checkpoint(self.run_dir / CHECKPOINT, self.state())
+
+    def resume(self) -> None:
+        state = load_checkpoint(self.run_dir / CHECKPOINT, self.task.name)
+        mismatch = {k for k in self.task.structural_keys
+                    if state["config"].get(k) != self.config.get(k)}
+        if mismatch:
+            raise CheckpointError(
+                f"checkpoint in {self.run_dir} was made with different "
+                f"{', '.join(sorted(mismatch))}: " + ", ".join(
+                    f"{k}={state['config'].get(k)!r} (now {self.config.get(k)!r})"
+                    for k in sorted(mismatch)))
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"checkpoint in {self.run_dir} does not fit this model: "
+                                  f"{e}") from e
+        self.step = int(state["step"])
+        if self.dist.main:  # drop metrics logged after the checkpoint (they will be redone)
+            mpath = self.run_dir / "metrics.jsonl"
+            if mpath.exists():
+                keep = [ln for ln in mpath.read_text().splitlines()
+                        if ln.strip() and json.loads(ln).get("step", -1) < self.step]
+                mpath.write_text("".join(ln + "\n" for ln in keep))
+
+    # -- loop ------------------------------------------------------------------------------
+    def _on_sigint(self, signum, frame):
+        self._stop = True
+
+    def train(self, steps: int, *, checkpoint_every: int = 50, log_every: int = 1,
+              progress: bool = True) -> dict[str, float]:
+        """Train until ``steps`` steps are done; returns the last logged metrics."""
+        seed = int(self.config.get("seed", 0))
+        metrics_path = self.run_dir / "metrics.jsonl"
+        bar = _progress(steps, self.step, progress and self.dist.main)
+        old = signal.signal(signal.SIGINT, self._on_sigint)  # every rank stops at the same step
+        last: dict[str, float] = {}
+        t_last = time.perf_counter()
+        try:
+            while self.step < steps:
+                if self.config.get("lr_schedule", "constant") == "cosine":
+                    # a function of the step alone, so a resumed run gets the same rates
+                    frac = 0.5 * (1 + math.cos(math.pi * min(self.step / max(steps, 1), 1.0)))
+                    for group in self.opt.param_groups:
+                        group["lr"] = self.config["lr"] * (0.05 + 0.95 * frac)
+                g = torch.Generator().manual_seed(seed * 1_000_003 + self.step)
+                batch = self.task.batch(self.step, g, self.dist)
+                self.model.train()
+                loss, metrics = self.task.loss(self.ddp, batch)
+                if not math.isfinite(float(loss.detach())):
+                    self.save_safely_and_fail(f"the loss became {float(loss)} at step "
+                                              f"{self.step}; the last good checkpoint is kept")
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                self.step += 1
+                now = time.perf_counter()
+                metrics = self.dist.mean({"loss": float(loss.detach()), **metrics})
+                metrics["step_s"] = now - t_last
+                t_last = now
+                last = metrics
+                if self.dist.main and (self.step % log_every == 0 or self.step == steps):
+                    with open(metrics_path, "a") as fh:
+                        fh.write(json.dumps({"step": self.step - 1, **metrics}) + "\n")
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items()
+                                     if k in ("loss", "nfe_f", "nfe_b")}
+                                    | {"it/s": f"{1 / max(metrics['step_s'], 1e-9):.1f}"})
+                if self.step % checkpoint_every == 0 or self.step == steps:
+                    self.save()
+                if self._stop:
+                    self.save()
+                    if bar is not None:
+                        bar.close()
+                    print(f"interrupted: checkpoint saved at step {self.step} in {self.run_dir}",
+                          file=sys.stderr)
+                    raise KeyboardInterrupt
+        finally:
+            signal.signal(signal.SIGINT, old)
+            if bar is not None:
+                bar.close()
+        return last
+
+    def save_safely_and_fail(self, message: str) -> None:
+        raise InvalidInputError(message)
