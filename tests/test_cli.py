@@ -159,6 +159,8 @@ def test_classify_latent_and_cnf_run_and_write_their_results(tmp_path):
     res = json.loads((tmp_path / "cl" / "results.json").read_text())
     assert set(res) >= {"ode", "resnet"} and 0 <= res["ode"]["test_accuracy"] <= 1
     assert res["ode"]["parameters"] < res["resnet"]["parameters"]
+    # the adjoint keeps only the block's input and output for the backward pass
+    assert 0 < res["ode"]["activation_mb"] < res["resnet"]["activation_mb"]
     assert res["ode"]["nfe_forward"] > 0 and res["ode"]["nfe_backward"] > 0
     assert _is_png(tmp_path / "cl" / "classify.png")
     assert _run(tmp_path, "train", "latent", "--no-progress", "--name", "la", "--steps", "6",
@@ -195,6 +197,22 @@ def test_help_and_bench_run(capsys):
     assert "--gradient" in capsys.readouterr().out
     assert main(["bench", "--repeats", "1"]) == 0
     assert "dopri5" in capsys.readouterr().out
+
+
+def test_bench_suite_runs_each_script_and_reports_failures(tmp_path, capfd):
+    suite = tmp_path / "benchmarks"
+    suite.mkdir()
+    (suite / "bench_a.py").write_text("print('| case | ratio |')\nprint('| x | 0.5 |')\n")
+    (suite / "bench_b.py").write_text("import sys\nsys.exit(3)\n")
+    (suite / "helper.py").write_text("raise SystemExit('not a benchmark')\n")
+    assert main(["bench", "--suite", str(suite)]) == 1
+    out = capfd.readouterr().out
+    assert "| x | 0.5 |" in out and "not a benchmark" not in out
+    assert "bench_a.py" in out and "FAILED (exit 3)" in out
+    assert main(["bench", "--suite", str(suite), "--only", "a"]) == 0
+    assert main(["bench", "--suite", str(suite), "--only", "c"]) == 2
+    assert "unknown benchmark" in capfd.readouterr().err
+    assert main(["bench", "--suite", str(tmp_path / "nowhere")]) == 2
 
 
 def test_two_process_gloo_training_equals_one_process_with_the_same_global_batch(tmp_path):

@@ -1,19 +1,28 @@
-"""``neurode bench``: a quick benchmark of the solver loop (and torchdiffeq, if installed).
+"""``neurode bench``: a quick benchmark of the solver loop (and torchdiffeq, if installed), or
+the repository's full benchmark suite.
 
-For the full, recorded benchmarks run the scripts in the repository's ``benchmarks/`` folder.
+``run`` times a few solves in this process (seconds). ``run_suite`` runs every ``bench_*.py`` of
+a ``benchmarks/`` folder (a clone of the repository has one; the scripts import the peers they
+compare with: ``pip install -e ".[bench]" torchode``), each in its own process so that one
+script's memory and threads do not colour the next, prints their tables as they come and a
+summary at the end. The scripts write their numbers to ``benchmarks/results/*.json``.
 """
 
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
 import neurode
+from neurode.errors import InvalidInputError
 
-__all__ = ["run"]
+__all__ = ["run", "run_suite"]
 
 
 def _time(fn, repeats: int) -> float:
@@ -64,4 +73,36 @@ def run(repeats: int = 5) -> list[dict]:
                                              per_sample=True), repeats)
         rows.append({"case": "dopri5 per-sample, VdP", "neurode_ms": ps, "torchdiffeq_ms": None})
         print(f"{'dopri5 per-sample, VdP μ=2':<34}{ps:>12.1f}{'-':>16}{'-':>8}")
+    return rows
+
+
+def run_suite(folder: Path, only: list[str] | None = None) -> list[dict]:
+    """Run ``folder/bench_*.py`` (or those named in ``only``) one process each; print a summary.
+
+    Returns one row per script: its name, wall seconds and exit status.
+    """
+    folder = Path(folder)
+    scripts = sorted(folder.glob("bench_*.py")) if folder.is_dir() else []
+    if not scripts:
+        raise InvalidInputError(f"neurode bench --suite: no bench_*.py scripts in {folder} "
+                                "(pass the benchmarks/ folder of a clone of the repository)")
+    if only:
+        names = {s.stem.removeprefix("bench_"): s for s in scripts}
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise InvalidInputError(f"neurode bench --only: unknown benchmark(s) {unknown}; "
+                                    f"{folder} has {sorted(names)}")
+        scripts = [names[n] for n in only]
+    rows = []
+    for script in scripts:
+        print(f"\n=== {script.name} ===", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.run([sys.executable, str(script)], cwd=folder.parent).returncode
+        rows.append({"script": script.name, "seconds": time.perf_counter() - t0,
+                     "returncode": rc})
+    print(f"\n{'benchmark':<24}{'seconds':>10}  status")
+    for r in rows:
+        status = "ok" if r["returncode"] == 0 else f"FAILED (exit {r['returncode']})"
+        print(f"{r['script']:<24}{r['seconds']:>10.1f}  {status}")
+    print(f"results: {folder / 'results'}")
     return rows

@@ -7,6 +7,7 @@
     neurode evaluate runs/<name>         # metrics of a saved run
     neurode plot runs/<name>             # its figures again
     neurode bench                        # a quick solver benchmark (vs torchdiffeq if installed)
+    neurode bench --suite benchmarks     # the full benchmark suite of a clone (minutes)
 
 Every run writes ``runs/<name>/`` (config, metrics, checkpoint, plots); ``--resume`` continues
 it. Under ``torchrun --nproc_per_node=N -m neurode train ...`` training is data-parallel.
@@ -19,14 +20,24 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from neurode.errors import NeurodeError
-from neurode.experiments.runner import CHECKPOINT, CheckpointError, Dist, Trainer, load_checkpoint
+from neurode.experiments.runner import (
+    CHECKPOINT,
+    CheckpointError,
+    Dist,
+    Trainer,
+    load_checkpoint,
+    saved_for_backward_bytes,
+    write_text_atomic,
+)
 from neurode.experiments.tasks import TASKS
+from neurode.solvers.registry import METHODS
 
 __all__ = ["main"]
 
@@ -42,6 +53,15 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None`` (an option whose default is worked out later)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neurode", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -51,39 +71,59 @@ def _parser() -> argparse.ArgumentParser:
     tsub = train.add_subparsers(dest="task", required=True)
     for name, task in TASKS.items():
         tp = tsub.add_parser(name, help=task.__doc__.splitlines()[0],
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                             formatter_class=_HelpFormatter)
         common = tp.add_argument_group("run")
         common.add_argument("--name", help="run name (default: TASK-DATE-TIME); the folder is "
                             "RUNS_DIR/NAME")
-        common.add_argument("--runs-dir", default="runs")
+        common.add_argument("--runs-dir", default="runs", help="folder of the run folders")
         common.add_argument("--resume", action="store_true",
                             help="continue the run NAME from its checkpoint")
-        common.add_argument("--seed", type=int, default=0)
-        common.add_argument("--steps", type=int, default=task.defaults["steps"],
-                            help="optimisation steps (classify: use --epochs)")
-        common.add_argument("--lr", type=float, default=task.defaults["lr"])
+        common.add_argument("--seed", type=int, default=0,
+                            help="initialisation and batches; equal seeds give equal runs")
+        steps = task.defaults["steps"]
+        common.add_argument("--steps", type=int, default=None,
+                            help="optimisation steps (default: " + (
+                                ", ".join(f"{k}: {v}" for k, v in steps.items())
+                                if isinstance(steps, dict) else str(steps)) + ")"
+                            if name != "classify" else "classify: use --epochs")
+        common.add_argument("--lr", type=float, default=task.defaults["lr"],
+                            help="Adam learning rate")
         common.add_argument("--batch-size", type=int, default=task.defaults["batch_size"],
                             help="global batch (split across processes under torchrun)")
         common.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"],
                             help="cosine: decay to 5 %% of --lr over the run")
-        common.add_argument("--checkpoint-every", type=int, default=50)
+        common.add_argument("--checkpoint-every", type=int, default=50,
+                            help="steps between checkpoints (also saved at the end and on "
+                                 "Ctrl-C)")
         common.add_argument("--no-progress", action="store_true", help="no progress bar")
         solver = tp.add_argument_group("solver")
-        solver.add_argument("--method", default="dopri5")
-        solver.add_argument("--rtol", type=float, default=1e-3 if name == "classify" else 1e-5)
-        solver.add_argument("--atol", type=float, default=1e-3 if name == "classify" else 1e-6)
+        solver.add_argument("--method", default="dopri5", choices=sorted(METHODS),
+                            metavar="METHOD", help="ODE solver (any of neurode.METHODS)")
+        solver.add_argument("--rtol", type=float, default=1e-3 if name == "classify" else 1e-5,
+                            help="relative tolerance of adaptive methods")
+        solver.add_argument("--atol", type=float, default=1e-3 if name == "classify" else 1e-6,
+                            help="absolute tolerance of adaptive methods")
         solver.add_argument("--gradient", default="adjoint",
-                            choices=["backprop", "adjoint", "checkpoint", "reversible"])
-        solver.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
-        solver.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+                            choices=["backprop", "adjoint", "checkpoint", "reversible"],
+                            help="how gradients pass the solver (reversible: method alf)")
+        solver.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"],
+                            help="auto: cuda when available")
+        solver.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                            help="of the model and the data")
         task.add_arguments(tp.add_argument_group(name))
     for cmd, text in (("evaluate", "print the metrics of a saved run"),
                       ("plot", "draw a saved run's figures again")):
         c = sub.add_parser(cmd, help=text)
         c.add_argument("run", type=Path, help="the run folder (runs/NAME)")
         c.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    b = sub.add_parser("bench", help="quick solver benchmark")
-    b.add_argument("--repeats", type=int, default=5)
+    b = sub.add_parser("bench", help="quick solver benchmark, or the full suite (--suite)",
+                       formatter_class=_HelpFormatter)
+    b.add_argument("--repeats", type=int, default=5, help="timed repeats per case (median)")
+    b.add_argument("--suite", nargs="?", const="benchmarks", default=None, metavar="DIR",
+                   type=Path, help="run every bench_*.py in DIR (a clone's benchmarks/ folder) "
+                                   "and print their tables")
+    b.add_argument("--only", nargs="+", metavar="NAME",
+                   help="with --suite: just these (solvers, gradients, batch, flows, stiff)")
     return p
 
 
@@ -101,6 +141,12 @@ def _train(args: argparse.Namespace) -> int:
             raise NeurodeError("--resume needs --name (the run to continue)")
         args.name = (f"{args.task}-ddp-{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"
                      if dist.world > 1 else f"{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.steps is None:  # a task's default may depend on its other settings
+        steps = TASKS[args.task].defaults["steps"]
+        args.steps = steps[args.objective] if isinstance(steps, dict) else steps
+    if args.gradient == "reversible" and args.method != "alf":
+        raise NeurodeError(f"--gradient reversible needs an invertible step: --method alf (got "
+                           f"--method {args.method}); or use --gradient adjoint|checkpoint")
     run_dir = runs / args.name
     cfg = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     if args.resume:
@@ -115,9 +161,10 @@ def _train(args: argparse.Namespace) -> int:
                            "another --name")
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    print(f"run {run_dir}  ({dist.world} process{'es' if dist.world > 1 else ''}, "
-          f"{dist.device}, {cfg['dtype']})", file=sys.stderr) if dist.main else None
+        write_text_atomic(run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")
+    if dist.main:
+        print(f"run {run_dir}  ({dist.world} process{'es' if dist.world > 1 else ''}, "
+              f"{dist.device}, {cfg['dtype']})", file=sys.stderr)
     progress = not args.no_progress
     try:
         if cfg["task"] == "classify":
@@ -135,7 +182,7 @@ def _train(args: argparse.Namespace) -> int:
                 results.update(task.evaluate())
                 results["plots"] = [str(p) for p in task.plot(run_dir)]
         if dist.main:
-            (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
             _print_results(results)
     except KeyboardInterrupt:
         return 130
@@ -156,6 +203,8 @@ def _train_classify(cfg, run_dir, dist, resume, progress, checkpoint_every) -> d
             sub.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(task, sub, sub_cfg, dist)
         steps = cfg["epochs"] * task.steps_per_epoch
+        if dist.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dist.device)
         if resume and (sub / CHECKPOINT).exists():
             trainer.resume()
         t0 = time.perf_counter()
@@ -163,22 +212,27 @@ def _train_classify(cfg, run_dir, dist, resume, progress, checkpoint_every) -> d
         trainer.train(steps, checkpoint_every=checkpoint_every, progress=progress)
         epochs_run = max((trainer.step - done_before) / task.steps_per_epoch, 1e-9)
         sec = (time.perf_counter() - t0) / epochs_run
-        # NFE of one forward and backward pass on a training batch
+        # NFE and activation memory of one forward and backward pass on a training batch
         idx = task.batch(0, torch.Generator().manual_seed(0), dist)
-        loss, _ = task.loss(task.model, idx)
+        (loss, _), saved = saved_for_backward_bytes(partial(task.loss, task.model, idx),
+                                                    exclude=list(task.model.parameters()))
         loss.backward()
         nfe_f, nfe_b = task.model.nfe
         task.model.zero_grad(set_to_none=True)
         if dist.main:
             ev = task.evaluate()
             rows[model] = {**ev, "nfe_forward": nfe_f, "nfe_backward": nfe_b,
-                           "seconds_per_epoch": sec, "peak_rss_mb": _peak_rss_mb()}
+                           "seconds_per_epoch": sec, "activation_mb": saved / 2**20,
+                           "peak_memory_mb": _peak_memory_mb(dist.device)}
     if dist.main:
         rows["plots"] = [str(plots.classify(run_dir / "classify.png", rows))]
     return rows
 
 
-def _peak_rss_mb() -> float:
+def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated since the model's training began; CPU: the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -188,14 +242,17 @@ def _print_results(results: dict) -> None:
     if results and all(isinstance(v, dict) for k, v in results.items() if k != "plots") and \
             "final_train" not in results:
         print(f"{'model':<8}{'test acc':>9}{'params':>9}{'NFE f/b':>10}{'s/epoch':>9}"
-              f"{'peak RSS MB':>12}")
+              f"{'act. MB':>9}{'peak MB':>9}")
         for name, r in results.items():
             if name == "plots":
                 continue
             print(f"{name:<8}{r['test_accuracy']:>9.3f}{r['parameters']:>9}"
                   f"{r['nfe_forward']:>5}/{r['nfe_backward']:<4}{r['seconds_per_epoch']:>9.2f}"
-                  f"{r['peak_rss_mb']:>12.0f}")
-        print("(peak RSS is the process's peak so far, cumulative over the models trained)")
+                  f"{r['activation_mb']:>9.2f}{r['peak_memory_mb']:>9.0f}")
+        print("act. MB: tensors saved for the backward pass of one training batch. peak MB: "
+              "CUDA peak allocated per model; on CPU the process's peak RSS so far "
+              "(cumulative over the models trained). NFE b = 0: backprop through the stored "
+              "graph evaluates no field.")
     else:
         for k, v in results.items():
             if k == "final_train":
@@ -239,10 +296,15 @@ def _plot(args) -> int:
 
 
 def _bench(args) -> int:
-    from neurode.experiments.bench import run
+    from neurode.experiments.bench import run, run_suite
 
-    run(args.repeats)
-    return 0
+    if args.suite is None:
+        if args.only:
+            raise NeurodeError("--only selects scripts of --suite; pass --suite too")
+        run(args.repeats)
+        return 0
+    rows = run_suite(args.suite, args.only)
+    return 0 if all(r["returncode"] == 0 for r in rows) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,12 +62,14 @@ def spiral(path: Path, t, obs, z_true, z_pred, func) -> Path:
 
 
 def classify(path: Path, rows: dict[str, dict]) -> Path:
-    """Bar charts: test accuracy, parameters and time per epoch per model."""
+    """Bar charts per model: test accuracy, parameters, time per epoch, activation memory."""
     plt = _plt()
-    names = list(rows)
-    fig, axs = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, key, label in zip(axs, ("test_accuracy", "parameters", "seconds_per_epoch"),
-                              ("test accuracy", "parameters", "seconds per epoch"), strict=True):
+    names = [n for n in rows if n != "plots"]
+    fig, axs = plt.subplots(1, 4, figsize=(15, 3.6))
+    for ax, key, label in zip(axs, ("test_accuracy", "parameters", "seconds_per_epoch",
+                                    "activation_mb"),
+                              ("test accuracy", "parameters", "seconds per epoch",
+                               "MB saved for backward (1 batch)"), strict=True):
         vals = [rows[n][key] for n in names]
         bars = ax.bar(names, vals, color=["crimson", "0.5", "tab:blue"][:len(names)])
         ax.bar_label(bars, labels=[f"{v:.3g}" for v in vals], fontsize=8)
@@ -87,9 +89,10 @@ def latent(path: Path, data, preds) -> Path:
         ax.plot(_np(t[k]), _np(x[k, :, 0]), "o", color="0.2", ms=3, label="observed")
         ax.plot(_np(tf[k]), _np(xf[k, :, 0]), "o", mfc="none", color="0.5", ms=3,
                 label="future (held out)")
-        ax.plot(_np(t[k, 1:]), _np(preds["interp_latent"][k, :, 0]), color="crimson",
-                label="latent ODE")
-        ax.plot(_np(tf[k]), _np(preds["extrap_latent"][k, :, 0]), color="crimson", ls="--")
+        td, zd = _np(preds["dense_t"][k]), _np(preds["dense_latent"][k, :, 0])
+        inside = td <= float(t[k, -1])
+        ax.plot(td[inside], zd[inside], color="crimson", label="latent ODE")
+        ax.plot(td[~inside], zd[~inside], color="crimson", ls="--")
         ax.plot(_np(tf[k]), _np(preds["extrap_gru"][k, :, 0]), color="tab:blue", ls="--",
                 label="GRU extrapolation")
         ax.axvline(float(t[k, -1]), color="0.8", lw=0.8)

@@ -24,16 +24,18 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
 
 from neurode.errors import InvalidInputError, NeurodeError
 
-__all__ = ["CheckpointError", "Dist", "Trainer", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "Dist", "Trainer", "atomic_write", "load_checkpoint",
+           "save_checkpoint", "saved_for_backward_bytes", "write_text_atomic"]
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 1
@@ -43,18 +45,26 @@ class CheckpointError(NeurodeError, RuntimeError):
     """A checkpoint that cannot be used (corrupt, from another task or configuration)."""
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename, fsync folder)."""
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file so that ``path`` holds either its old or its new content, never a torn one.
+
+    ``write(fh)`` fills a temporary file in the same folder; it is flushed, fsync'ed and renamed
+    over ``path`` (atomic on POSIX), then the folder is fsync'ed so the rename survives a crash.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save({"format": FORMAT, **state}, fh)
-        fh.flush()
-        slow = os.environ.get("NEURODE_TEST_SLOW_SAVE")  # tests: a window to kill the process
-        if slow:
-            time.sleep(float(slow))
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            slow = os.environ.get("NEURODE_TEST_SLOW_SAVE")  # tests: a window to kill the process
+            if slow:
+                time.sleep(float(slow))
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     try:
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -65,13 +75,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         pass
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """:func:`atomic_write` for a text file (UTF-8)."""
+    atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (tensors, numbers, strings, containers) to ``path`` atomically."""
+    atomic_write(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
+
+
 def load_checkpoint(path: Path, task: str | None = None) -> dict[str, Any]:
     """Load a checkpoint, with a clear error if it is missing, corrupt or from another task."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # no code runs
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: "
                               f"{e}); the run cannot resume from it") from e
@@ -80,6 +100,32 @@ def load_checkpoint(path: Path, task: str | None = None) -> dict[str, Any]:
     if task is not None and state.get("task") != task:
         raise CheckpointError(f"{path} belongs to task {state.get('task')!r}, not {task!r}")
     return state
+
+
+def saved_for_backward_bytes(fn: Callable[[], Any], exclude: Any = ()) -> tuple[Any, int]:
+    """Run ``fn()``; return its result and the bytes autograd saved for the backward pass.
+
+    Counts each storage once (views share one) and skips those of ``exclude`` (the parameters,
+    which exist anyway). This is the activation memory a method needs per batch, measured the
+    same way on every device: an ODE block under the adjoint saves its input and output, under
+    backprop every stage of every step.
+    """
+    skip = {p.untyped_storage().data_ptr() for p in exclude}
+    sizes: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        try:
+            st = t.untyped_storage()
+            key, nbytes = st.data_ptr(), st.nbytes()
+        except (RuntimeError, NotImplementedError):  # tensors without storage (sparse, ...)
+            key, nbytes = id(t), t.numel() * t.element_size()
+        if key not in skip:
+            sizes[key] = max(sizes.get(key, 0), nbytes)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(sizes.values())
 
 
 @dataclass
@@ -187,12 +233,15 @@ class Trainer:
             raise CheckpointError(f"checkpoint in {self.run_dir} does not fit this model: "
                                   f"{e}") from e
         self.step = int(state["step"])
+        if self.dist.main:  # temporary files of saves that were killed midway
+            for stale in self.run_dir.glob(f".{CHECKPOINT}.tmp-*"):
+                stale.unlink(missing_ok=True)
         if self.dist.main:  # drop metrics logged after the checkpoint (they will be redone)
             mpath = self.run_dir / "metrics.jsonl"
             if mpath.exists():
                 keep = [ln for ln in mpath.read_text().splitlines()
                         if ln.strip() and json.loads(ln).get("step", -1) < self.step]
-                mpath.write_text("".join(ln + "\n" for ln in keep))
+                write_text_atomic(mpath, "".join(ln + "\n" for ln in keep))
 
     # -- loop ------------------------------------------------------------------------------
     def _on_sigint(self, signum, frame):
