@@ -79,6 +79,19 @@ def test_a_new_run_refuses_to_overwrite_and_resume_needs_a_run(tmp_path, capsys)
     assert "no run" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra,message", [
+    (["--gradient", "reversible"], "--method alf"),
+    (["--resume"], "--resume needs --name"),
+    (["--name", "nothing-here", "--resume"], "no run at"),
+    pytest.param(["--device", "cuda"], "no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA")),
+])
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path, capsys, extra, message):
+    assert _run(tmp_path, *SPIRAL, "--steps", "2", *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_corrupt_and_mismatched_checkpoints_give_clear_errors(tmp_path, capsys):
     assert _run(tmp_path, *SPIRAL, "--name", "c", "--steps", "2") == 0
     run = tmp_path / "c"
@@ -92,6 +105,13 @@ def test_corrupt_and_mismatched_checkpoints_give_clear_errors(tmp_path, capsys):
     (run / "config.json").write_text(json.dumps(cfg))
     assert _run(tmp_path, *SPIRAL, "--name", "c", "--steps", "4", "--resume") == 2
     assert "hidden" in capsys.readouterr().err
+    cfg["hidden"] = 16
+    (run / "config.json").write_text(json.dumps(cfg))
+    # options a resumed run cannot honour are named, and the saved ones are used
+    assert _run(tmp_path, *SPIRAL, "--name", "c", "--steps", "3", "--resume", "--lr",
+                "0.5") == 0
+    assert "ignoring --lr 0.5 (the run has 0.01)" in capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["lr"] == 0.01
     with pytest.raises(CheckpointError, match="belongs to task"):
         load_checkpoint(run / "checkpoint.pt", "cnf")
 

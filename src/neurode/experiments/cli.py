@@ -42,7 +42,8 @@ from neurode.solvers.registry import METHODS
 __all__ = ["main"]
 
 # settings that do not change what a run computes (not checked on resume)
-_NOT_CONFIG = {"command", "resume", "no_progress", "runs_dir", "name", "checkpoint_every"}
+_NOT_CONFIG = {"command", "resume", "no_progress", "runs_dir", "name", "checkpoint_every",
+               "explicit"}
 
 
 def _device(name: str) -> torch.device:
@@ -155,6 +156,13 @@ def _train(args: argparse.Namespace) -> int:
         if saved is None:
             raise CheckpointError(f"--resume: no run at {run_dir} (no config.json)")
         saved["steps"], saved["epochs"] = cfg["steps"], cfg.get("epochs", saved.get("epochs"))
+        ignored = sorted(k for k in getattr(args, "explicit", ()) if k in saved
+                         and k not in ("steps", "epochs") and saved[k] != cfg.get(k))
+        if ignored and dist.main:
+            print("neurode: note: a resumed run keeps the settings it was started with; "
+                  "ignoring " + ", ".join(f"--{k.replace('_', '-')} {cfg[k]} (the run has "
+                                          f"{saved[k]})" for k in ignored)
+                  + "; start a new run (another --name) to change them", file=sys.stderr)
         cfg = saved
     elif (run_dir / CHECKPOINT).exists() or (run_dir / "config.json").exists():
         raise NeurodeError(f"{run_dir} already holds a run: pass --resume to continue it, or "
@@ -308,7 +316,11 @@ def _bench(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    # the options given on the command line (all are long options): resume warns about those
+    # it cannot honour
+    args.explicit = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
     try:
         if args.command == "train":
             return _train(args)
