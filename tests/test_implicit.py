@@ -6,7 +6,9 @@ Orders against an exact solution, stiff benchmarks against SciPy's Radau, gradie
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ import torch
 import neurode
 from neurode.solvers.implicit import IMPLICIT_TABLEAUX
 
-integrate = pytest.importorskip("scipy.integrate")
+pytest.importorskip("scipy.integrate")  # bench_stiff, loaded below, needs SciPy
 
 F64 = torch.float64
 
@@ -75,46 +77,23 @@ def test_fixed_implicit_methods_are_stable_on_a_very_stiff_linear_problem(method
 # --- adaptive Radau on the stiff benchmarks ----------------------------------------------------
 
 
-def _robertson(t, y):
-    y1, y2, y3 = y[0], y[1], y[2]
-    return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2**2,
-                        3e7 * y2**2])
+def _load_bench_stiff():
+    """The stiff problems and the SciPy stepping helper of benchmarks/bench_stiff.py."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_stiff.py"
+    spec = importlib.util.spec_from_file_location("bench_stiff", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _robertson_np(t, y):
-    y1, y2, y3 = y
-    return [-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2**2, 3e7 * y2**2]
-
-
-def _vdp(t, y):
-    return torch.stack([y[1], 1000.0 * (1 - y[0] ** 2) * y[1] - y[0]])
-
-
-def _vdp_np(t, y):
-    return [y[1], 1000.0 * (1 - y[0] ** 2) * y[1] - y[0]]
-
-
-STIFF = {
-    "robertson": (_robertson, _robertson_np, [1.0, 0.0, 0.0],
-                  [0, 1e-3, 1e-1, 1, 10, 100, 1e3, 1e4, 1e5], 1e-10),
-    "vdp_mu1000": (_vdp, _vdp_np, [2.0, 0.0], list(np.linspace(0, 3000, 11)), 1e-6),
-}
+_BENCH = _load_bench_stiff()
+STIFF = _BENCH.PROBLEMS
 
 
 def _scipy_steps(name, fnp, y0, ts, rtol, atol):
     """Outputs at ``ts`` and the step count of SciPy's solver class stepped by hand."""
-    ode = getattr(integrate, name)(fnp, ts[0], np.array(y0), ts[-1], rtol=rtol, atol=atol)
-    out, i, steps = [np.array(y0)], 1, 0
-    while i < len(ts):
-        ode.step()
-        steps += 1
-        assert ode.status != "failed"
-        if ts[i] <= ode.t:
-            dense = ode.dense_output()
-            while i < len(ts) and ts[i] <= ode.t:
-                out.append(dense(ts[i]))
-                i += 1
-    return np.array(out), steps
+    out, stats = _BENCH.scipy_solve(name, fnp, y0, ts, rtol, atol)
+    return out, stats["steps"]
 
 
 @pytest.mark.parametrize("problem", sorted(STIFF))
