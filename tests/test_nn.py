@@ -77,23 +77,32 @@ def test_odefunc_counts_evaluations_and_block_reports_forward_and_backward_nfe()
     out.sum().backward()
     assert block.nfe_backward > 0 and func.nfe == block.nfe_forward + block.nfe_backward
     assert x.grad is not None and all(p.grad is not None for p in func.parameters())
+    # the forward count is the solver's own: the same solve reports the same NFE
+    with torch.no_grad():
+        sol = neurode.solve_ivp(lambda t, y: func.net(y), x.detach(),
+                                torch.tensor([0.0, 1.0]), rtol=1e-5, atol=1e-5)
+    assert block.nfe_forward == sol.stats.nfe
 
 
 def test_gradient_methods_of_the_block_agree():
     grads = {}
     for gradient, method in (("backprop", "dopri5"), ("adjoint", "dopri5"),
-                             ("checkpoint", "dopri5"), ("reversible", "alf")):
+                             ("checkpoint", "dopri5"), ("reversible", "alf"),
+                             ("backprop", "alf")):
         field = _mlp_field(dtype=F64)
         block = ODEBlock(field, gradient=gradient, method=method, rtol=1e-9, atol=1e-9)
         x = torch.linspace(-1, 1, 8, dtype=F64).view(4, 2).requires_grad_(True)
         block(x).pow(2).sum().backward()
-        grads[gradient] = torch.cat([x.grad.flatten()] + [p.grad.flatten()
+        grads[gradient if method != "alf" or gradient != "backprop" else "backprop alf"] = \
+            torch.cat([x.grad.flatten()] + [p.grad.flatten()
                                                           for p in field.parameters()])
     ref = grads["backprop"]
     for k in ("adjoint", "checkpoint"):
         assert torch.allclose(grads[k], ref, rtol=1e-5, atol=1e-7), k
     # ALF is a different (second-order) discretisation: close, not equal
     assert torch.allclose(grads["reversible"], ref, rtol=1e-2, atol=1e-3)
+    # ... and the reversible adjoint is exact for ALF: it equals backprop through the same steps
+    assert torch.allclose(grads["reversible"], grads["backprop alf"], rtol=1e-8, atol=1e-10)
 
 
 def test_augmented_block_appends_zero_channels_and_trains():
@@ -102,8 +111,78 @@ def test_augmented_block_appends_zero_channels_and_trains():
     x = torch.randn(6, 2, requires_grad=True)
     out = block(x)
     assert out.shape == (6, 3)
+    start = torch.cat([x.detach(), torch.zeros(6, 1)], 1)
+    expected = neurode.odeint(field, start, torch.tensor([0.0, 1.0]), rtol=1e-3, atol=1e-3)[-1]
+    assert torch.allclose(out.detach(), expected, atol=1e-6)
     out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def _grads_with_an_evaluation_in_between(module, loss_of, x, x_eval, evaluate):
+    """Parameter gradients of ``loss_of(module(x))``, and the same when ``evaluate(x_eval)``
+    runs under no_grad between that forward pass and its backward."""
+    out = []
+    for between in (False, True):
+        torch.manual_seed(1)
+        module.zero_grad()
+        loss = loss_of(module, x)
+        if between:
+            with torch.no_grad():
+                evaluate(module, x_eval)
+        loss.backward()
+        out.append(torch.cat([p.grad.flatten() for p in module.parameters()]))
+    return out
+
+
+@pytest.mark.parametrize("gradient", ["adjoint", "checkpoint"])
+def test_an_evaluation_between_forward_and_backward_changes_no_cnf_gradient(gradient):
+    cnf = CNF(_mlp_field(dtype=F64), dim=2, trace="hutchinson", gradient=gradient, rtol=1e-6,
+              atol=1e-6)
+    x, x_eval = torch.randn(16, 2, dtype=F64), torch.randn(5, 2, dtype=F64)
+    plain, interleaved = _grads_with_an_evaluation_in_between(
+        cnf, lambda m, x: -m.log_prob(x).mean(), x, x_eval, lambda m, x: m.log_prob(x))
+    assert plain.abs().max() > 0
+    assert torch.allclose(plain, interleaved, rtol=1e-10, atol=1e-12)
+
+
+def test_an_evaluation_between_forward_and_backward_changes_no_regularised_block_gradient():
+    block = ODEBlock(_mlp_field(dtype=F64), gradient="adjoint", jacobian_weight=0.1,
+                     kinetic_weight=0.1, rtol=1e-6, atol=1e-6)
+
+    def loss_of(m, x):
+        return m(x).pow(2).sum() + m.regularization
+
+    x, x_eval = torch.randn(8, 2, dtype=F64), torch.randn(3, 2, dtype=F64)
+    plain, interleaved = _grads_with_an_evaluation_in_between(block, loss_of, x, x_eval,
+                                                              lambda m, x: m(x))
+    assert torch.allclose(plain, interleaved, rtol=1e-10, atol=1e-12)
+
+
+def test_reversible_gradient_works_with_the_default_method():
+    x = torch.randn(4, 2, requires_grad=True)
+    block = ODEBlock(_mlp_field(), gradient="reversible")
+    assert block.method == "alf"
+    block(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    model = ODENetClassifier("ode", dim=8, gradient="reversible", options={"step_size": 0.25})
+    model(torch.randn(2, 1, 8, 8)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_modules_hold_each_parameter_once():
+    field = _mlp_field()
+    n = len(field.state_dict())
+    assert len(CNF(field, dim=2).state_dict()) == n
+    block = ODEBlock(field, kinetic_weight=1.0, jacobian_weight=1.0)
+    assert len(block.state_dict()) == n
+
+
+def test_block_times_follow_the_input_dtype():
+    A = torch.tensor([[-1.0, 0.3], [0.0, -2.0]], dtype=F64)
+    x = torch.tensor([[1.0, 1.0]], dtype=F64)
+    block = ODEBlock(Linear(A), t=(0.0, 0.1), gradient="backprop", rtol=1e-12, atol=1e-14)
+    exact = x @ torch.linalg.matrix_exp(0.1 * A).T
+    assert torch.allclose(block(x), exact, rtol=1e-12, atol=0)
 
 
 def test_bad_block_arguments_are_named():

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from neurode.errors import InvalidInputError
 from neurode.gradients import odeint_adjoint, odeint_checkpoint, odeint_reversible
-from neurode.nn.dynamics import RegularizedODEFunc
+from neurode.nn.dynamics import RegularizedODEFunc, check_estimator, check_noise
 from neurode.solvers import odeint
 
 __all__ = ["GRADIENTS", "ODEBlock", "solve"]
@@ -60,7 +60,8 @@ class ODEBlock(nn.Module):
         func: the vector field, an ``nn.Module`` ``func(t, z)`` (its parameters are trained).
         t: integration times; ``(t0, t1)`` by default ``(0, 1)``. With more than two times and
             ``return_trajectory=True`` the layer returns ``z`` at all of them, ``(T, *x.shape)``.
-        method, rtol, atol, options: solver settings (defaults: dopri5, 1e-3, 1e-3).
+        method, rtol, atol, options: solver settings (defaults: dopri5 — alf with
+            ``gradient="reversible"``, the one method it inverts —, 1e-3, 1e-3).
         gradient: ``"backprop" | "adjoint" | "checkpoint" | "reversible"``.
         augment_dim: Dupont et al.'s augmented neural ODE: this many zero channels (dim 1) are
             appended to ``x`` before solving, and kept in the output.
@@ -75,7 +76,7 @@ class ODEBlock(nn.Module):
     the backward pass :attr:`nfe_backward` (evaluations since the end of the forward pass).
     """
 
-    def __init__(self, func: nn.Module, t=(0.0, 1.0), *, method: str | None = "dopri5",
+    def __init__(self, func: nn.Module, t=(0.0, 1.0), *, method: str | None = None,
                  rtol: float = 1e-3, atol: float = 1e-3, gradient: str = "adjoint",
                  options: dict[str, Any] | None = None, augment_dim: int = 0,
                  return_trajectory: bool = False, kinetic_weight: float = 0.0,
@@ -87,10 +88,16 @@ class ODEBlock(nn.Module):
                 f"gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}")
         if augment_dim < 0:
             raise InvalidInputError(f"augment_dim must be ≥ 0, got {augment_dim}")
+        check_estimator(estimator)
+        check_noise(noise)
         self.func = _Counting(func)
-        self.register_buffer("t", torch.as_tensor(t, dtype=torch.float32).flatten().clone())
-        if self.t.numel() < 2:
+        # Python floats: the tensor is made in the input's dtype at each call, so float64
+        # inputs get float64 times (a float32 buffer would put t1 = 0.1 off by 1.5e-9)
+        self.times = tuple(float(v) for v in torch.as_tensor(t, dtype=torch.float64).flatten())
+        if len(self.times) < 2:
             raise InvalidInputError("t needs at least two times (t0, t1)")
+        if method is None:
+            method = "alf" if gradient == "reversible" else "dopri5"
         self.method, self.rtol, self.atol = method, rtol, atol
         self.gradient = gradient
         self.options = options
@@ -99,8 +106,7 @@ class ODEBlock(nn.Module):
         self._nfe_after_forward = 0
         self.nfe_forward = 0
         self.kinetic_weight, self.jacobian_weight = float(kinetic_weight), float(jacobian_weight)
-        self.reg = (RegularizedODEFunc(self.func, estimator, noise)
-                    if kinetic_weight or jacobian_weight else None)
+        self.estimator, self.noise = estimator, noise
         self.regularization: Tensor | None = None
 
     @property
@@ -113,14 +119,20 @@ class ODEBlock(nn.Module):
             pad = x.new_zeros(x.shape[0], self.augment_dim, *x.shape[2:])
             x = torch.cat([x, pad], 1)
         start = self.func.nfe
-        t = self.t.to(x.dtype if x.is_floating_point() else torch.float32)
-        if self.reg is None:
+        real = x.real.dtype if x.is_complex() else x.dtype
+        t = torch.tensor(self.times, dtype=real if real.is_floating_point else None,
+                         device=x.device)
+        if not (self.kinetic_weight or self.jacobian_weight):
             zs = solve(self.func, x, t, gradient=self.gradient, method=self.method,
                        rtol=self.rtol, atol=self.atol, options=self.options)
         else:
-            self.reg.resample(x)
+            # built per call, noise included, so that a pass in between (an evaluation under
+            # no_grad) cannot change what this pass's backward recomputes
+            reg = RegularizedODEFunc(self.func, self.estimator, self.noise,
+                                     jacobian=self.jacobian_weight != 0)
+            reg.resample(x)
             zero = x.new_zeros(x.shape[0])
-            zs, kin, jac = solve(self.reg, (x, zero, zero.clone()), t, gradient=self.gradient,
+            zs, kin, jac = solve(reg, (x, zero, zero.clone()), t, gradient=self.gradient,
                                  method=self.method, rtol=self.rtol, atol=self.atol,
                                  options=self.options)
             self.regularization = (self.kinetic_weight * kin[-1]

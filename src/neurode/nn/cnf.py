@@ -22,34 +22,37 @@ from torch import Tensor, nn
 
 from neurode.errors import InvalidInputError
 from neurode.nn.block import GRADIENTS, solve
+from neurode.nn.dynamics import check_noise, draw_noise
 
 __all__ = ["CNF", "flow_matching_loss"]
 
 
 class _Dynamics(nn.Module):
-    """``(z, c) ↦ (f(t, z), tr ∂f/∂z)``."""
+    """``(z, c) ↦ (f(t, z), tr ∂f/∂z)``; made per solve, with that solve's Hutchinson probe."""
 
-    def __init__(self, func: nn.Module, trace: str, noise: str):
+    def __init__(self, func: nn.Module, trace: str, eps: Tensor | None):
         super().__init__()
-        self.func, self.trace, self.noise = func, trace, noise
-        self.eps: Tensor | None = None
-        self.create_graph = True
+        self.func, self.trace, self.eps = func, trace, eps
 
     def forward(self, t: Tensor, state: tuple[Tensor, Tensor]):
         z = state[0]
+        # a graph through the trace only where autograd records: backprop, or the backward
+        # pass of the adjoint / checkpointing (their forward solves run without grad)
+        graph = torch.is_grad_enabled()
         with torch.enable_grad():
             if not z.requires_grad:
                 z = z.detach().requires_grad_(True)
             f = self.func(t, z)
             if self.trace == "hutchinson":
-                (vjp,) = torch.autograd.grad(f, z, self.eps, create_graph=self.create_graph)
+                (vjp,) = torch.autograd.grad(f, z, self.eps, create_graph=graph)
                 tr = (vjp * self.eps).sum(1)
             else:
                 tr = f.new_zeros(f.shape[0])
                 for i in range(z.shape[1]):
-                    (row,) = torch.autograd.grad(f[:, i].sum(), z, create_graph=True)
+                    (row,) = torch.autograd.grad(f[:, i].sum(), z, create_graph=graph,
+                                                 retain_graph=True)
                     tr = tr + row[:, i]
-        if not self.create_graph:
+        if not graph:
             f, tr = f.detach(), tr.detach()
         return f, tr
 
@@ -78,25 +81,16 @@ class CNF(nn.Module):
         if trace not in ("exact", "hutchinson"):
             raise InvalidInputError(f"trace must be 'auto', 'exact' or 'hutchinson', got "
                                     f"{trace!r}")
-        if noise not in ("gaussian", "rademacher"):
-            raise InvalidInputError(f"noise must be 'gaussian' or 'rademacher', got {noise!r}")
+        check_noise(noise)
         if gradient not in GRADIENTS or gradient == "reversible":
             raise InvalidInputError("gradient must be 'backprop', 'adjoint' or 'checkpoint' for "
                                     f"a CNF, got {gradient!r}")
         self.func = func
         self.dim = dim
         self.t1 = float(t1)
-        self.dyn = _Dynamics(func, trace, noise)
+        self.trace, self.noise = trace, noise
         self.method, self.rtol, self.atol, self.options = method, rtol, atol, options
         self.gradient = gradient
-
-    def _draw(self, like: Tensor) -> None:
-        if self.dyn.trace == "hutchinson":
-            if self.dyn.noise == "gaussian":
-                self.dyn.eps = torch.randn_like(like)
-            else:
-                self.dyn.eps = torch.randint(0, 2, like.shape, device=like.device).to(
-                    like.dtype) * 2 - 1
 
     def base_log_prob(self, z: Tensor) -> Tensor:
         """``log N(z; 0, I)`` per sample."""
@@ -106,10 +100,12 @@ class CNF(nn.Module):
         """``(z(0), c(0))``: the base point of ``x`` and ``−∫₀^{t1} tr(∂f/∂z) dt``."""
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise InvalidInputError(f"x must be (B, {self.dim}), got {tuple(x.shape)}")
-        self._draw(x)
-        self.dyn.create_graph = torch.is_grad_enabled()
+        # one probe per solve, held by this solve's dynamics only: a later pass (an evaluation
+        # before this one's backward) cannot change what the backward recomputes
+        eps = draw_noise(self.noise, x) if self.trace == "hutchinson" else None
+        dyn = _Dynamics(self.func, self.trace, eps)
         t = torch.tensor([self.t1, 0.0], dtype=x.dtype, device=x.device)
-        zs, cs = solve(self.dyn, (x, x.new_zeros(x.shape[0])), t, gradient=self.gradient,
+        zs, cs = solve(dyn, (x, x.new_zeros(x.shape[0])), t, gradient=self.gradient,
                        method=self.method, rtol=self.rtol, atol=self.atol, options=self.options)
         return zs[-1], cs[-1]
 

@@ -46,55 +46,80 @@ class RegularizedODEFunc(nn.Module):
             unbiased estimate of ``‖∂f/∂z‖_F²`` when ``E[εεᵀ] = I``).
         noise: ``"gaussian"`` or ``"rademacher"``; ``ε`` is drawn by :meth:`resample` and kept
             fixed for a whole solve (the estimator must not change inside one ODE).
+        jacobian: compute the Jacobian rate; ``False`` returns zeros for it at no cost (a
+            kinetic-only regulariser needs no vector–Jacobian products).
 
-    Both rates are per sample (summed over the non-batch dimensions).
+    Both rates are per sample (summed over the non-batch dimensions). Graphs through the
+    products are built only where autograd is recording (backprop, or an adjoint's backward
+    pass), so a forward solve without grad costs the products and nothing more.
     """
 
-    def __init__(self, func: nn.Module, estimator: str = "hutchinson", noise: str = "gaussian"):
+    def __init__(self, func: nn.Module, estimator: str = "hutchinson", noise: str = "gaussian",
+                 jacobian: bool = True):
         super().__init__()
-        if estimator not in ("exact", "hutchinson"):
-            raise InvalidInputError(f"estimator must be 'exact' or 'hutchinson', got "
-                                    f"{estimator!r}")
-        if noise not in ("gaussian", "rademacher"):
-            raise InvalidInputError(f"noise must be 'gaussian' or 'rademacher', got {noise!r}")
+        check_estimator(estimator)
+        check_noise(noise)
         self.func = func
         self.estimator = estimator
         self.noise = noise
+        self.jacobian = jacobian
         self.eps: Tensor | None = None
 
     def resample(self, like: Tensor) -> None:
         """Draw the Hutchinson noise for the next solve (shape and dtype of ``like``)."""
-        self.eps = _noise(self.noise, like)
+        self.eps = draw_noise(self.noise, like)
 
     def forward(self, t: Tensor, state: tuple[Tensor, Tensor, Tensor]):
         z = state[0]
+        if not self.jacobian:
+            f = self.func(t, z)
+            kinetic = f.pow(2).flatten(1).sum(1)
+            return f, kinetic, torch.zeros_like(kinetic)
+        graph = torch.is_grad_enabled()
         with torch.enable_grad():
             if not z.requires_grad:
                 z = z.detach().requires_grad_(True)
             f = self.func(t, z)
-            kinetic = f.pow(2).flatten(1).sum(1)
-            jac = _frobenius(f, z, self.estimator, self.eps)
-        return f, kinetic, jac
+            jac = _frobenius(f, z, self.estimator, self.eps, graph)
+        if not graph:
+            f = f.detach()
+        return f, f.pow(2).flatten(1).sum(1), jac
 
 
-def _noise(kind: str, like: Tensor) -> Tensor:
+def check_estimator(estimator: str) -> None:
+    if estimator not in ("exact", "hutchinson"):
+        raise InvalidInputError(f"estimator must be 'exact' or 'hutchinson', got {estimator!r}")
+
+
+def check_noise(noise: str) -> None:
+    if noise not in ("gaussian", "rademacher"):
+        raise InvalidInputError(f"noise must be 'gaussian' or 'rademacher', got {noise!r}")
+
+
+def draw_noise(kind: str, like: Tensor) -> Tensor:
+    """Hutchinson probe shaped like ``like``: standard normal, or ±1 with equal odds."""
     if kind == "gaussian":
         return torch.randn_like(like)
     return torch.randint(0, 2, like.shape, device=like.device).to(like.dtype) * 2 - 1
 
 
-def _frobenius(f: Tensor, z: Tensor, estimator: str, eps: Tensor | None) -> Tensor:
-    """Per-sample ``‖∂f/∂z‖_F²`` (exactly, or Hutchinson's ``‖εᵀ ∂f/∂z‖²``), with a graph."""
+def _frobenius(f: Tensor, z: Tensor, estimator: str, eps: Tensor | None,
+               graph: bool) -> Tensor:
+    """Per-sample ``‖∂f/∂z‖_F²`` (exactly, or Hutchinson's ``‖εᵀ ∂f/∂z‖²``); differentiable
+    when ``graph``."""
     if estimator == "hutchinson":
         if eps is None or eps.shape != f.shape:
             raise InvalidInputError("RegularizedODEFunc: call resample(z0) before the solve "
                                     "(the Hutchinson noise must be fixed for the whole solve)")
-        (vjp,) = torch.autograd.grad(f, z, eps, create_graph=True)
-        return vjp.pow(2).flatten(1).sum(1)
+        (vjp,) = torch.autograd.grad(f, z, eps, create_graph=graph, retain_graph=True,
+                                     allow_unused=True)
+        return f.new_zeros(f.shape[0]) if vjp is None else vjp.pow(2).flatten(1).sum(1)
     B = f.shape[0]
     flat = f.reshape(B, -1)
     total = f.new_zeros(B)
     for i in range(flat.shape[1]):  # row i of the Jacobian, for every sample at once
-        (row,) = torch.autograd.grad(flat[:, i].sum(), z, create_graph=True)
-        total = total + row.pow(2).flatten(1).sum(1)
+        (row,) = torch.autograd.grad(flat[:, i].sum(), z, create_graph=graph, retain_graph=True,
+                                     allow_unused=True)
+        if row is not None:  # None: f does not depend on z
+            total = total + row.pow(2).flatten(1).sum(1)
     return total

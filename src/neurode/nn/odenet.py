@@ -68,12 +68,13 @@ class ODENetClassifier(nn.Module):
         kind: ``"ode"``, ``"resnet"`` or ``"rknet"``.
         in_channels, n_classes, dim: image channels, classes, feature channels.
         downsample: stride-2 convolutions in the stem (1 for 8×8 digits, 2 for MNIST).
-        method, rtol, atol, gradient, options: the ODE block's solver (``"ode"``); RK-Net uses
+        method, rtol, atol, gradient, options: the ODE block's solver (``"ode"``; ``method``
+            defaults as in :class:`~neurode.nn.ODEBlock`: dopri5, alf when reversible); RK-Net uses
             ``rk4`` with ``rk_steps`` steps on [0, 1] and backprop.
     """
 
     def __init__(self, kind: str = "ode", *, in_channels: int = 1, n_classes: int = 10,
-                 dim: int = 64, downsample: int = 1, method: str = "dopri5",
+                 dim: int = 64, downsample: int = 1, method: str | None = None,
                  rtol: float = 1e-3, atol: float = 1e-3, gradient: str = "adjoint",
                  options: dict[str, Any] | None = None, rk_steps: int = 4):
         super().__init__()
