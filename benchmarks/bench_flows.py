@@ -17,22 +17,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import neurode
-from neurode.nn import ConcatLinear
+from neurode.nn import ConcatMLP
 
 HERE = Path(__file__).parent
-
-
-class Field(nn.Module):
-    def __init__(self, hidden=256):
-        super().__init__()
-        self.l1, self.l2, self.l3 = ConcatLinear(2, hidden), ConcatLinear(hidden, hidden), \
-            ConcatLinear(hidden, 2)
-
-    def forward(self, t, x):
-        return self.l3(t, torch.tanh(self.l2(t, torch.tanh(self.l1(t, x)))))
 
 
 def hand_euler(f, x, n):
@@ -59,7 +48,7 @@ def main() -> int:
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    f = Field().eval()
+    f = ConcatMLP(2, 256, layers=3).eval()  # MLP 2-256-256-2 with time input
     t = torch.tensor([0.0, 1.0])
     results = []
     print(f"{'case':<26}{'hand ms':>9}{'neurode ms':>12}{'ratio':>7}{'torchdiffeq ms':>16}"

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 import neurode
+from neurode.nn import ODEFunc
 
 
 class Linear(nn.Module):
@@ -70,7 +71,7 @@ def main() -> dict[str, float]:
     # a parameter direction for a neural field: d z(T) along dθ, vs a central difference
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(n, 16), nn.Tanh(), nn.Linear(16, n)).to(dt)
-    field_nn = _Module(net)  # a module, so odeint_jvp can see (and perturb) its parameters
+    field_nn = ODEFunc(net)  # f(t, z) = net(z), a module: odeint_jvp sees its parameters
     params = tuple(field_nn.parameters())
     dtheta = tuple(torch.randn_like(p) for p in params)
     _, w = neurode.odeint_jvp(field_nn, z0, t, tangent_params=dtheta, **tol)
@@ -88,17 +89,6 @@ def main() -> dict[str, float]:
     print(f"JVP along dθ of an MLP field, rel. gap to a central difference: "
           f"{out['parameter jvp']:.1e}")
     return out
-
-
-class _Module(nn.Module):
-    """``f(t, z) = net(z)`` as a module, so its parameters can be given tangents."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
 
 
 if __name__ == "__main__":

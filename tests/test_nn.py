@@ -14,6 +14,7 @@ from neurode.nn import (
     CNF,
     ConcatConv2d,
     ConcatLinear,
+    ConcatMLP,
     GRUBaseline,
     LatentODE,
     ODEBlock,
@@ -39,16 +40,7 @@ class Linear(nn.Module):
 
 def _mlp_field(dim=2, hidden=32, seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
-
-    class F(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.l1, self.l2 = ConcatLinear(dim, hidden), ConcatLinear(hidden, dim)
-
-        def forward(self, t, z):
-            return self.l2(t, torch.tanh(self.l1(t, z)))
-
-    return F().to(dtype)
+    return ConcatMLP(dim, hidden, layers=2).to(dtype)
 
 
 # --- layers and blocks -------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from functools import partial
@@ -104,8 +103,7 @@ def _parser() -> argparse.ArgumentParser:
                             help="relative tolerance of adaptive methods")
         solver.add_argument("--atol", type=float, default=1e-3 if name == "classify" else 1e-6,
                             help="absolute tolerance of adaptive methods")
-        solver.add_argument("--gradient", default="adjoint",
-                            choices=["backprop", "adjoint", "checkpoint", "reversible"],
+        solver.add_argument("--gradient", default="adjoint", choices=task.gradients,
                             help="how gradients pass the solver (reversible: method alf)")
         solver.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"],
                             help="auto: cuda when available")
@@ -137,17 +135,18 @@ def _train(args: argparse.Namespace) -> int:
     device = _device(args.device)
     dist = Dist.setup(device)
     runs = Path(args.runs_dir)
+    explicit = getattr(args, "explicit", set())
     if args.name is None:
         if args.resume:
             raise NeurodeError("--resume needs --name (the run to continue)")
-        args.name = (f"{args.task}-ddp-{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"
-                     if dist.world > 1 else f"{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if args.steps is None:  # a task's default may depend on its other settings
-        steps = TASKS[args.task].defaults["steps"]
-        args.steps = steps[args.objective] if isinstance(steps, dict) else steps
+        stamp = time.localtime(dist.from_main(int(time.time())))  # one name on every rank
+        args.name = f"{args.task}-{time.strftime('%Y%m%d-%H%M%S', stamp)}"
     if args.gradient == "reversible" and args.method != "alf":
         raise NeurodeError(f"--gradient reversible needs an invertible step: --method alf (got "
                            f"--method {args.method}); or use --gradient adjoint|checkpoint")
+    if args.batch_size % dist.world:
+        raise NeurodeError(f"--batch-size {args.batch_size} must be a multiple of the "
+                           f"{dist.world} processes (each takes an equal share)")
     run_dir = runs / args.name
     cfg = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
     if args.resume:
@@ -155,21 +154,31 @@ def _train(args: argparse.Namespace) -> int:
             run_dir / "config.json").exists() else None
         if saved is None:
             raise CheckpointError(f"--resume: no run at {run_dir} (no config.json)")
-        saved["steps"], saved["epochs"] = cfg["steps"], cfg.get("epochs", saved.get("epochs"))
-        ignored = sorted(k for k in getattr(args, "explicit", ()) if k in saved
-                         and k not in ("steps", "epochs") and saved[k] != cfg.get(k))
+        for k in ("steps", "epochs"):  # the length of a run can be extended on resume
+            if k in explicit:
+                saved[k] = cfg[k]
+        ignored = sorted(k for k in explicit if k in saved and k not in ("steps", "epochs")
+                         and saved[k] != cfg.get(k))
         if ignored and dist.main:
             print("neurode: note: a resumed run keeps the settings it was started with; "
                   "ignoring " + ", ".join(f"--{k.replace('_', '-')} {cfg[k]} (the run has "
                                           f"{saved[k]})" for k in ignored)
                   + "; start a new run (another --name) to change them", file=sys.stderr)
         cfg = saved
-    elif (run_dir / CHECKPOINT).exists() or (run_dir / "config.json").exists():
-        raise NeurodeError(f"{run_dir} already holds a run: pass --resume to continue it, or "
-                           "another --name")
-    if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")
+        if dist.main:  # the extended length, so that the folder describes the run
+            write_text_atomic(run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")
+    else:
+        if cfg["steps"] is None:  # a task's default may depend on its other settings
+            steps = TASKS[args.task].defaults["steps"]
+            cfg["steps"] = steps[args.objective] if isinstance(steps, dict) else steps
+        # rank 0 decides, so that no rank sees the config rank 0 has just written
+        taken = (run_dir / CHECKPOINT).exists() or (run_dir / "config.json").exists()
+        if dist.from_main(taken):
+            raise NeurodeError(f"{run_dir} already holds a run: pass --resume to continue it, "
+                               "or another --name")
+        if dist.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")
     if dist.main:
         print(f"run {run_dir}  ({dist.world} process{'es' if dist.world > 1 else ''}, "
               f"{dist.device}, {cfg['dtype']})", file=sys.stderr)
@@ -191,7 +200,7 @@ def _train(args: argparse.Namespace) -> int:
                 results["plots"] = [str(p) for p in task.plot(run_dir)]
         if dist.main:
             write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-            _print_results(results)
+            _print_results(results, cfg["task"])
     except KeyboardInterrupt:
         return 130
     finally:
@@ -218,8 +227,9 @@ def _train_classify(cfg, run_dir, dist, resume, progress, checkpoint_every) -> d
         t0 = time.perf_counter()
         done_before = trainer.step
         trainer.train(steps, checkpoint_every=checkpoint_every, progress=progress)
-        epochs_run = max((trainer.step - done_before) / task.steps_per_epoch, 1e-9)
-        sec = (time.perf_counter() - t0) / epochs_run
+        epochs_run = (trainer.step - done_before) / task.steps_per_epoch
+        # a finished run resumed with nothing left to do has no time per epoch to report
+        sec = (time.perf_counter() - t0) / epochs_run if epochs_run else None
         # NFE and activation memory of one forward and backward pass on a training batch
         idx = task.batch(0, torch.Generator().manual_seed(0), dist)
         (loss, _), saved = saved_for_backward_bytes(partial(task.loss, task.model, idx),
@@ -246,16 +256,17 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _print_results(results: dict) -> None:
-    if results and all(isinstance(v, dict) for k, v in results.items() if k != "plots") and \
-            "final_train" not in results:
+def _print_results(results: dict, task: str) -> None:
+    if task == "classify":
         print(f"{'model':<8}{'test acc':>9}{'params':>9}{'NFE f/b':>10}{'s/epoch':>9}"
               f"{'act. MB':>9}{'peak MB':>9}")
         for name, r in results.items():
             if name == "plots":
                 continue
+            spe = r["seconds_per_epoch"]
             print(f"{name:<8}{r['test_accuracy']:>9.3f}{r['parameters']:>9}"
-                  f"{r['nfe_forward']:>5}/{r['nfe_backward']:<4}{r['seconds_per_epoch']:>9.2f}"
+                  f"{r['nfe_forward']:>5}/{r['nfe_backward']:<4}"
+                  f"{'-' if spe is None else f'{spe:.2f}':>9}"
                   f"{r['activation_mb']:>9.2f}{r['peak_memory_mb']:>9.0f}")
         print("act. MB: tensors saved for the backward pass of one training batch. peak MB: "
               "CUDA peak allocated per model; on CPU the process's peak RSS so far "
@@ -282,11 +293,11 @@ def _load_run(run: Path, device_name: str):
         state = load_checkpoint(folder / CHECKPOINT, c["task"])
         task.model.load_state_dict(state["model"])
         out.append((label, folder, task, state["step"]))
-    return cfg, out
+    return out
 
 
 def _evaluate(args) -> int:
-    _, loaded = _load_run(args.run, args.device)
+    loaded = _load_run(args.run, args.device)
     res = {}
     for label, _, task, step in loaded:
         r = {"step": step, **task.evaluate()}
@@ -296,7 +307,7 @@ def _evaluate(args) -> int:
 
 
 def _plot(args) -> int:
-    _, loaded = _load_run(args.run, args.device)
+    loaded = _load_run(args.run, args.device)
     for _, folder, task, _ in loaded:
         for p in task.plot(folder):
             print(p)

@@ -37,8 +37,7 @@ def spiral(path: Path, t, obs, z_true, z_pred, func) -> Path:
     g = torch.linspace(-lim, lim, 21, dtype=obs.dtype, device=obs.device)
     gx, gy = torch.meshgrid(g, g, indexing="xy")
     with torch.no_grad():
-        v = func.net(torch.stack([gx.flatten(), gy.flatten()], 1)) if hasattr(func, "net") \
-            else func(t[0], torch.stack([gx.flatten(), gy.flatten()], 1))
+        v = func(t[0], torch.stack([gx.flatten(), gy.flatten()], 1))
     ax.quiver(_np(gx), _np(gy), _np(v[:, 0]).reshape(gx.shape), _np(v[:, 1]).reshape(gx.shape),
               color="0.8", width=0.003)
     sc = ax.scatter(_np(obs[:, 0]), _np(obs[:, 1]), c=_np(t), cmap="viridis", s=14,
@@ -70,7 +69,7 @@ def classify(path: Path, rows: dict[str, dict]) -> Path:
                                     "activation_mb"),
                               ("test accuracy", "parameters", "seconds per epoch",
                                "MB saved for backward (1 batch)"), strict=True):
-        vals = [rows[n][key] for n in names]
+        vals = [float("nan") if rows[n][key] is None else rows[n][key] for n in names]
         bars = ax.bar(names, vals, color=["crimson", "0.5", "tab:blue"][:len(names)])
         ax.bar_label(bars, labels=[f"{v:.3g}" for v in vals], fontsize=8)
         ax.set_title(label)

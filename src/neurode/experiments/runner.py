@@ -6,10 +6,12 @@
 Checkpoints are written atomically: to a temporary file in the same folder, flushed and
 ``fsync``-ed, then ``os.replace``-d over the old one (and the folder entry ``fsync``-ed), so a
 process killed at any instant leaves either the old or the new checkpoint, never a torn one.
-SIGINT (Ctrl-C) finishes the current step, saves and exits with status 130.
+SIGINT (Ctrl-C) or SIGTERM stops at the next step boundary (all ranks together), saves and exits
+with status 130.
 
 Randomness: the model is initialised from ``--seed``; step ``k`` draws its batch from a generator
-seeded with ``(seed, k)``, so a resumed run takes exactly the batches it would have taken.
+seeded with ``(seed, k)`` and reseeds the global generator from ``(seed, k, rank)`` for the
+loss's own draws, so a resumed run takes exactly the draws it would have taken.
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised (gloo on
 CPU, NCCL on GPUs), the model is wrapped in ``DistributedDataParallel``, each step's global batch
@@ -163,9 +165,31 @@ class Dist:
         import torch.distributed as dist
 
         keys = sorted(metrics)
-        vals = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+        # on the process's device: NCCL reduces CUDA tensors only
+        vals = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64,
+                            device=self.device)
         dist.all_reduce(vals)
         return {k: float(v) / self.world for k, v in zip(keys, vals.tolist(), strict=True)}
+
+    def any(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag OR-ed across ranks, so that every rank takes the same branch."""
+        if self.world == 1:
+            return tuple(bool(f) for f in flags)
+        import torch.distributed as dist
+
+        vals = torch.tensor([int(bool(f)) for f in flags], device=self.device)
+        dist.all_reduce(vals, op=dist.ReduceOp.MAX)
+        return tuple(bool(v) for v in vals.tolist())
+
+    def from_main(self, value: int) -> int:
+        """Rank 0's ``value`` on every rank."""
+        if self.world == 1:
+            return int(value)
+        import torch.distributed as dist
+
+        buf = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
+        dist.broadcast(buf, 0)
+        return int(buf.item())
 
     def close(self) -> None:
         if self.world > 1:
@@ -173,6 +197,14 @@ class Dist:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def _logged_step(line: str) -> int:
+    """The step a metrics line records; a line torn by a kill counts as after any checkpoint."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -234,26 +266,27 @@ class Trainer:
                                   f"{e}") from e
         self.step = int(state["step"])
         if self.dist.main:  # temporary files of saves that were killed midway
-            for stale in self.run_dir.glob(f".{CHECKPOINT}.tmp-*"):
+            for stale in self.run_dir.glob(".*.tmp-*"):
                 stale.unlink(missing_ok=True)
         if self.dist.main:  # drop metrics logged after the checkpoint (they will be redone)
             mpath = self.run_dir / "metrics.jsonl"
             if mpath.exists():
                 keep = [ln for ln in mpath.read_text().splitlines()
-                        if ln.strip() and json.loads(ln).get("step", -1) < self.step]
+                        if _logged_step(ln) < self.step]
                 write_text_atomic(mpath, "".join(ln + "\n" for ln in keep))
 
     # -- loop ------------------------------------------------------------------------------
-    def _on_sigint(self, signum, frame):
+    def _on_signal(self, signum, frame):
         self._stop = True
 
-    def train(self, steps: int, *, checkpoint_every: int = 50, log_every: int = 1,
+    def train(self, steps: int, *, checkpoint_every: int = 50,
               progress: bool = True) -> dict[str, float]:
-        """Train until ``steps`` steps are done; returns the last logged metrics."""
+        """Train until ``steps`` steps are done; returns the last step's metrics."""
         seed = int(self.config.get("seed", 0))
         metrics_path = self.run_dir / "metrics.jsonl"
         bar = _progress(steps, self.step, progress and self.dist.main)
-        old = signal.signal(signal.SIGINT, self._on_sigint)  # every rank stops at the same step
+        # SIGINT (Ctrl-C) and SIGTERM (torchrun, schedulers) stop at a step boundary
+        old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         last: dict[str, float] = {}
         t_last = time.perf_counter()
         try:
@@ -263,23 +296,34 @@ class Trainer:
                     frac = 0.5 * (1 + math.cos(math.pi * min(self.step / max(steps, 1), 1.0)))
                     for group in self.opt.param_groups:
                         group["lr"] = self.config["lr"] * (0.05 + 0.95 * frac)
+                # every random draw of step k, the batch's and the loss's own (ELBO samples,
+                # Hutchinson probes), follows from (seed, k): a resumed run draws the same
                 g = torch.Generator().manual_seed(seed * 1_000_003 + self.step)
+                torch.manual_seed((seed * 1_000_003 + self.step) * 1024 + self.dist.rank)
                 batch = self.task.batch(self.step, g, self.dist)
                 self.model.train()
                 loss, metrics = self.task.loss(self.ddp, batch)
-                if not math.isfinite(float(loss.detach())):
-                    self.save_safely_and_fail(f"the loss became {float(loss)} at step "
-                                              f"{self.step}; the last good checkpoint is kept")
+                loss_value = float(loss.detach())
+                # decided together, so no rank waits in a collective the others left
+                nonfinite, stop = self.dist.any(not math.isfinite(loss_value), self._stop)
+                if nonfinite:
+                    raise InvalidInputError(f"the loss became non-finite at step {self.step}; "
+                                            f"the last good checkpoint is kept")
+                if stop:
+                    self.save()
+                    print(f"interrupted: checkpoint saved at step {self.step} in "
+                          f"{self.run_dir}", file=sys.stderr)
+                    raise KeyboardInterrupt
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
                 self.step += 1
                 now = time.perf_counter()
-                metrics = self.dist.mean({"loss": float(loss.detach()), **metrics})
+                metrics = self.dist.mean({"loss": loss_value, **metrics})
                 metrics["step_s"] = now - t_last
                 t_last = now
                 last = metrics
-                if self.dist.main and (self.step % log_every == 0 or self.step == steps):
+                if self.dist.main:
                     with open(metrics_path, "a") as fh:
                         fh.write(json.dumps({"step": self.step - 1, **metrics}) + "\n")
                 if bar is not None:
@@ -289,18 +333,9 @@ class Trainer:
                                     | {"it/s": f"{1 / max(metrics['step_s'], 1e-9):.1f}"})
                 if self.step % checkpoint_every == 0 or self.step == steps:
                     self.save()
-                if self._stop:
-                    self.save()
-                    if bar is not None:
-                        bar.close()
-                    print(f"interrupted: checkpoint saved at step {self.step} in {self.run_dir}",
-                          file=sys.stderr)
-                    raise KeyboardInterrupt
         finally:
-            signal.signal(signal.SIGINT, old)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
             if bar is not None:
                 bar.close()
         return last
-
-    def save_safely_and_fail(self, message: str) -> None:
-        raise InvalidInputError(message)

@@ -7,7 +7,6 @@ folder and checkpoints are in :mod:`neurode.experiments.runner`.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,7 +24,8 @@ from neurode.data.toy2d import TOY_2D
 from neurode.experiments import plots
 from neurode.nn import (
     CNF,
-    ConcatLinear,
+    GRADIENTS,
+    ConcatMLP,
     GRUBaseline,
     LatentODE,
     ODEFunc,
@@ -65,6 +65,7 @@ class SpiralTask:
     """``dz/dt = A z`` observed with noise; fit an MLP field on random sub-trajectories."""
 
     name = "spiral"
+    gradients = GRADIENTS
     structural_keys = ("hidden", "dtype", "n_points")
     defaults: ClassVar[dict[str, float]] = {"steps": 500, "lr": 0.01, "batch_size": 16}
 
@@ -128,6 +129,7 @@ class ClassifyTask:
     """ODE-Net, ResNet-6 and RK-Net on the same data; one model per sub-run (``--model``)."""
 
     name = "classify"
+    gradients = GRADIENTS
     structural_keys = ("model", "dim", "dataset", "dtype")
     defaults: ClassVar[dict[str, float]] = {"steps": 0, "lr": 3e-3, "batch_size": 64}
 
@@ -151,7 +153,8 @@ class ClassifyTask:
         self.xtr, self.xte = self.xtr.to(dtype), self.xte.to(dtype)
         size = self.xtr.shape[-1]
         self.downsample = 1 if size <= 8 else 2
-        self.steps_per_epoch = -(-len(self.ytr) // cfg["batch_size"])
+        # whole batches only (the last partial one is dropped): equal shares for every rank
+        self.steps_per_epoch = max(1, len(self.ytr) // cfg["batch_size"])
         torch.manual_seed(cfg["seed"])
         self.model = ODENetClassifier(cfg["model"], in_channels=self.xtr.shape[1], dim=cfg["dim"],
                                       downsample=self.downsample, method=cfg["method"],
@@ -204,6 +207,7 @@ class LatentTask:
     """Latent ODE vs a GRU with time gaps on irregularly sampled periodic series."""
 
     name = "latent"
+    gradients = ("adjoint", "backprop")  # LatentODE's decoder: the joint per-sample adjoint
     structural_keys = ("latent_dim", "hidden", "dtype")
     # ≈ 3 min on 2 cores; at 300 steps the latent ODE still trails the GRU
     defaults: ClassVar[dict[str, float]] = {"steps": 1000, "lr": 1e-2, "batch_size": 32}
@@ -226,8 +230,7 @@ class LatentTask:
         self.model = LatentPair(LatentODE(latent_dim=cfg["latent_dim"], hidden=cfg["hidden"],
                                           rnn_hidden=cfg["hidden"], method=cfg["method"],
                                           rtol=cfg["rtol"], atol=cfg["atol"],
-                                          gradient="backprop" if cfg["gradient"] == "backprop"
-                                          else "adjoint"),
+                                          gradient=cfg["gradient"]),
                                 GRUBaseline(hidden=2 * cfg["hidden"])).to(device, dtype)
 
     def make_optimizer(self, params):
@@ -244,47 +247,52 @@ class LatentTask:
                             "gru_mse": float(gru.detach())}
 
     @torch.no_grad()
-    def predictions(self):
-        t, x, tf, _ = self.test_data
+    def evaluate(self) -> dict[str, float]:
+        t, x, tf, xf = self.test_data
         lat, gru = self.model.latent, self.model.gru
-        # a fine grid from the first observation to the last future time, for the curves
-        frac = torch.linspace(0, 1, 161, device=t.device, dtype=t.dtype)[1:]
-        dense_t = t[:, :1] + (tf[:, -1:] - t[:, :1]) * frac
-        return {"interp_latent": lat.extrapolate(x, t, t[:, 1:]),
-                "extrap_latent": lat.extrapolate(x, t, tf), "extrap_gru": gru.extrapolate(x, t, tf),
-                "dense_t": dense_t, "dense_latent": lat.extrapolate(x, t, dense_t)}
+        _, gru_preds = gru._run(x, t)
+        return {"interp_mse_latent": float((lat.extrapolate(x, t, t[:, 1:]) - x[:, 1:])
+                                           .pow(2).mean()),
+                "interp_mse_gru": float((gru_preds - x[:, 1:]).pow(2).mean()),
+                "extrap_mse_latent": float((lat.extrapolate(x, t, tf) - xf).pow(2).mean()),
+                "extrap_mse_gru": float((gru.extrapolate(x, t, tf) - xf).pow(2).mean())}
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        t, x, _, xf = self.test_data
-        p = self.predictions()
-        _, gru_preds = self.model.gru._run(x, t)
-        return {"interp_mse_latent": float((p["interp_latent"] - x[:, 1:]).pow(2).mean()),
-                "interp_mse_gru": float((gru_preds - x[:, 1:]).pow(2).mean()),
-                "extrap_mse_latent": float((p["extrap_latent"] - xf).pow(2).mean()),
-                "extrap_mse_gru": float((p["extrap_gru"] - xf).pow(2).mean())}
+    def _curves(self) -> dict[str, Tensor]:
+        """The latent ODE on a fine grid from the first observation to the last future time,
+        and the GRU's extrapolation, for the figure."""
+        t, x, tf, _ = self.test_data
+        frac = torch.linspace(0, 1, 161, device=t.device, dtype=t.dtype)[1:]
+        dense_t = t[:, :1] + (tf[:, -1:] - t[:, :1]) * frac
+        return {"dense_t": dense_t, "dense_latent": self.model.latent.extrapolate(x, t, dense_t),
+                "extrap_gru": self.model.gru.extrapolate(x, t, tf)}
 
     def plot(self, run_dir: Path) -> list[Path]:
-        return [plots.latent(run_dir / "latent.png", self.test_data, self.predictions())]
+        return [plots.latent(run_dir / "latent.png", self.test_data, self._curves())]
 
 
 # --- continuous normalizing flow ------------------------------------------------------------
 
 
-class FlowField(nn.Module):
-    def __init__(self, hidden: int):
-        super().__init__()
-        self.l1, self.l2, self.l3 = ConcatLinear(2, hidden), ConcatLinear(hidden, hidden), \
-            ConcatLinear(hidden, 2)
+class FlowObjective(nn.Module):
+    """The training loss of a CNF as a module's forward, so DistributedDataParallel sees it:
+    flow matching on ``(x1, x0, t)`` or the negative log-likelihood of ``x1``."""
 
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        return self.l3(t, torch.tanh(self.l2(t, torch.tanh(self.l1(t, x)))))
+    def __init__(self, cnf: CNF, objective: str):
+        super().__init__()
+        self.cnf, self.objective = cnf, objective
+
+    def forward(self, x1: Tensor, x0: Tensor, t: Tensor) -> Tensor:
+        if self.objective == "fm":
+            return flow_matching_loss(self.cnf.func, x1, x0=x0, t=t)
+        return -self.cnf.log_prob(x1).mean()
 
 
 class CNFTask:
     """A 2-D continuous normalizing flow, by flow matching (default) or maximum likelihood."""
 
     name = "cnf"
+    gradients = ("adjoint", "backprop", "checkpoint")
     structural_keys = ("hidden", "data", "dtype")
     # flow matching steps cost one field evaluation, maximum likelihood steps a solve with
     # its adjoint: 20,000 of the first (≈ 30 s on 2 cores) or 1,000 of the second (≈ 3 min)
@@ -304,11 +312,9 @@ class CNFTask:
         self.train_x = sample_2d(cfg["data"], 20000, seed=cfg["seed"]).to(device, dtype)
         self.test_x = sample_2d(cfg["data"], 2000, seed=cfg["seed"] + 1).to(device, dtype)
         torch.manual_seed(cfg["seed"])
-        self.field = FlowField(cfg["hidden"])
-        self.model = CNF(self.field, dim=2, method=cfg["method"], rtol=cfg["rtol"],
-                         atol=cfg["atol"], gradient="adjoint" if cfg["gradient"] == "adjoint"
-                         else ("checkpoint" if cfg["gradient"] == "checkpoint" else "backprop")
-                         ).to(device, dtype)
+        self.cnf = CNF(ConcatMLP(2, cfg["hidden"], layers=3), dim=2, method=cfg["method"],
+                       rtol=cfg["rtol"], atol=cfg["atol"], gradient=cfg["gradient"])
+        self.model = FlowObjective(self.cnf, cfg["objective"]).to(device, dtype)
 
     def make_optimizer(self, params):
         return torch.optim.Adam(params, lr=self.cfg["lr"])
@@ -323,25 +329,15 @@ class CNFTask:
 
     def loss(self, model: nn.Module, batch) -> tuple[Tensor, dict[str, float]]:
         idx, x0, tt = batch
-        x1 = self.train_x[idx]
-        if self.cfg["objective"] == "fm":
-            return flow_matching_loss(self.field, x1, x0=x0, t=tt), {}
-        return -model(x1).mean(), {}
+        return model(self.train_x[idx], x0, tt), {}
 
     def evaluate(self) -> dict[str, float]:
         with torch.no_grad():
-            nll = -self.model.log_prob(self.test_x).mean()
+            nll = -self.cnf.log_prob(self.test_x).mean()
         return {"test_nll": float(nll)}
 
     def plot(self, run_dir: Path) -> list[Path]:
-        return [plots.density(run_dir / "cnf.png", self.test_x, self.model)]
+        return [plots.density(run_dir / "cnf.png", self.test_x, self.cnf)]
 
 
 TASKS: dict[str, type] = {t.name: t for t in (SpiralTask, ClassifyTask, LatentTask, CNFTask)}
-
-
-def timed_epochs(task, trainer, epochs: int) -> float:
-    """Train ``epochs`` epochs of a classification task; returns seconds per epoch."""
-    t0 = time.perf_counter()
-    trainer.train(epochs * task.steps_per_epoch)
-    return (time.perf_counter() - t0) / max(epochs, 1)

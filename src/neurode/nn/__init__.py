@@ -7,7 +7,7 @@ from neurode.nn.block import GRADIENTS, ODEBlock, solve
 from neurode.nn.cnf import CNF, flow_matching_loss
 from neurode.nn.dynamics import RegularizedODEFunc, SecondOrderFunc
 from neurode.nn.latent import GRUBaseline, LatentODE
-from neurode.nn.layers import ConcatConv2d, ConcatLinear, ODEFunc
+from neurode.nn.layers import ConcatConv2d, ConcatLinear, ConcatMLP, ODEFunc
 from neurode.nn.odenet import ConvODEFunc, ODENetClassifier, ResBlock, count_parameters
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "GRADIENTS",
     "ConcatConv2d",
     "ConcatLinear",
+    "ConcatMLP",
     "ConvODEFunc",
     "GRUBaseline",
     "LatentODE",

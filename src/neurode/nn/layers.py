@@ -8,11 +8,14 @@ or a ``(B,)`` tensor (per-sample solving): both broadcast over the batch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConcatConv2d", "ConcatLinear", "ODEFunc"]
+from neurode.errors import InvalidInputError
+
+__all__ = ["ConcatConv2d", "ConcatLinear", "ConcatMLP", "ODEFunc"]
 
 
 def _time_column(t: Tensor, x: Tensor, trailing: tuple[int, ...]) -> Tensor:
@@ -50,6 +53,26 @@ class ConcatConv2d(nn.Module):
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         return self.conv(torch.cat([x, _time_column(t, x, tuple(x.shape[2:]))], 1))
+
+
+class ConcatMLP(nn.Module):
+    """A time-dependent field ``f(t, z)``: ``layers`` :class:`ConcatLinear` maps with ``tanh``
+    between them, widths ``dim → hidden → … → hidden → dim``; ``z`` is ``(B, dim)``.
+
+    The usual field of 2-D flows and small ODE blocks (``layers=2``: one hidden layer).
+    """
+
+    def __init__(self, dim: int, hidden: int, layers: int = 3):
+        super().__init__()
+        if layers < 1:
+            raise InvalidInputError(f"layers must be ≥ 1, got {layers}")
+        widths = [dim] + [hidden] * (layers - 1) + [dim]
+        self.layers = nn.ModuleList(ConcatLinear(a, b) for a, b in pairwise(widths))
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        for k, layer in enumerate(self.layers):
+            z = layer(t, z if k == 0 else torch.tanh(z))
+        return z
 
 
 class ODEFunc(nn.Module):
