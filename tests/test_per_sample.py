@@ -191,6 +191,28 @@ def test_failing_samples_report_their_own_status_and_leave_the_others_alone():
         neurode.solve_ivp(f, y0, torch.linspace(0, 1, 5, dtype=F64), per_sample=True)
 
 
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_nan_at_min_step_fails_as_non_finite_instead_of_being_accepted(per_sample):
+    # past t = 0.5 the field is NaN; min_step forbids the steps that could approach it
+    def f(t, y):  # t is (B,) per sample, 0-d jointly
+        late = (t > 0.5).reshape(-1, 1) if t.ndim else t > 0.5
+        return torch.where(late, torch.full_like(y, math.nan), -y)
+
+    y0 = torch.ones(3, 1, dtype=F64)
+    sol = neurode.solve_ivp(f, y0, torch.linspace(0, 1, 3, dtype=F64), per_sample=per_sample,
+                            throw=False, options={"min_step": 1e-3, "max_num_steps": 10_000})
+    assert sol.status == -3, sol.message
+    assert sol.stats.n_steps.max() < 200 if per_sample else sol.stats.n_steps < 200
+    if per_sample:
+        assert (sol.sample_status == -3).all()
+
+
+def test_func_output_of_the_wrong_dtype_is_a_func_output_error():
+    with pytest.raises(neurode.FuncOutputError, match="dtype"):
+        neurode.odeint(lambda t, y: (-y).float(), torch.ones(2, 1, dtype=F64),
+                       torch.linspace(0, 1, 3, dtype=F64), options={"per_sample": True})
+
+
 def test_max_num_steps_counts_batch_iterations():
     y0 = torch.tensor([[2.0, 0.0]] * 4, dtype=F64)
     sol = neurode.solve_ivp(_vdp_batch(MUS), y0, torch.linspace(0, 10, 5, dtype=F64),
@@ -209,6 +231,10 @@ def test_max_num_steps_counts_batch_iterations():
     (dict(options={"per_sample": True, "sync_every": 0}), "sync_every"),
     (dict(options={"per_sample": True, "step_t": [0.5]}), "unknown option"),
     (dict(y0=(torch.zeros(4, 2), torch.zeros(4, 2))), "tensor y0"),
+    # the options shared with the joint loop are checked by the same code
+    (dict(options={"per_sample": True, "first_step": 0.0}), "first_step"),
+    (dict(options={"per_sample": True, "min_step": 0.5, "max_step": 0.1}), "exceeds max_step"),
+    (dict(options={"per_sample": True, "ifactor": 0.5}), "ifactor"),
 ])
 def test_bad_per_sample_input_is_named(kwargs, needle):
     args = dict(y0=torch.zeros(4, 2), t=torch.linspace(0, 1, 3), method="dopri5",
@@ -283,6 +309,24 @@ def test_per_sample_adjoint_matches_backprop(shared_times):
     # one joint adjoint system: every backward evaluation is of the whole batch
     assert len(field.shapes) > n_forward_calls
     assert set(field.shapes) == {(B, 2)}
+
+
+def test_per_sample_adjoint_with_one_output_time_is_the_identity():
+    y0 = torch.randn(3, 2, dtype=F64, requires_grad=True)
+    y = neurode.odeint_adjoint(_Field(3), y0, torch.zeros(1, dtype=F64),
+                               options={"per_sample": True})
+    (g,) = torch.autograd.grad(y.sum(), y0)
+    assert torch.equal(g, torch.ones_like(y0))
+
+
+def test_per_sample_adjoint_without_grad_raises_on_failed_samples():
+    def f(t, y):  # y' = y², from 1: infinite at t = 1
+        return y * y
+
+    with torch.no_grad(), pytest.raises(neurode.SolverError, match="samples failed"):
+        neurode.odeint_adjoint(f, torch.ones(2, 1, dtype=F64),
+                               torch.linspace(0, 2, 3, dtype=F64), options={"per_sample": True},
+                               adjoint_params=())
 
 
 def test_per_sample_adjoint_rejects_time_gradients_and_adjoint_method():

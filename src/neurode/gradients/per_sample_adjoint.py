@@ -45,12 +45,13 @@ class _PerSampleAdjoint(torch.autograd.Function):
             res = integrate_per_sample(spec.func, y0, spec.t, method=spec.method,
                                        rtol=spec.rtol, atol=spec.atol, options=spec.options,
                                        record_steps=True)
-        bad = torch.nonzero(res.status < 0).flatten().tolist()
-        if bad:
-            from neurode.solvers.api import _per_sample_error
-
-            raise _per_sample_error(res, bad, spec.options)
-        spec.steps = res.steps
+        failure = res.failure(spec.options)
+        if failure is not None:
+            raise failure[1]
+        # iterations in which no sample advanced (rejections all round, the tail after the
+        # last sample finished) change nothing backwards: drop them (one host sync)
+        moved = torch.stack([s[2] for s in res.steps]).any(1).tolist() if res.steps else []
+        spec.steps = [s for s, m in zip(res.steps, moved, strict=True) if m]
         spec.shape = y0.shape
         spec.sign = -1.0 if spec.t.ndim and spec.t.shape[-1] > 1 and bool(
             (spec.t[..., -1] < spec.t[..., 0]).any()) else 1.0
@@ -78,7 +79,9 @@ class _PerSampleAdjoint(torch.autograd.Function):
         rdtype = z.real.dtype if z.is_complex() else z.dtype
         func = spec.func
 
-        def stage(tf: Tensor, zi: Tensor, ai: Tensor, dt: Tensor, dt_div: Tensor):
+        b_weights = dict(cf.b)
+
+        def stage(tf: Tensor, zi: Tensor, ai: Tensor, dt: Tensor):
             """``(f, −a·∂f/∂z)`` at one stage; parameter increments added to ``g_params``."""
             with torch.enable_grad():
                 zg = zi.detach().requires_grad_(True)
@@ -109,17 +112,18 @@ class _PerSampleAdjoint(torch.autograd.Function):
                     row = cf.a_rows[i]
                     zi = z + dtr * sum(c * kz[j] for j, c in row)
                     ai = a + dtr * sum(c * ka[j] for j, c in row)
-                fz, vj = stage(torch.add(tf0, dtf, alpha=cf.c[i]), zi, ai, dtr, dt_div)
+                fz, vj = stage(torch.add(tf0, dtf, alpha=cf.c[i]), zi, ai, dtr)
                 kz.append(fz)
                 ka.append(-vj[0] / dt_div if vj[0] is not None else torch.zeros_like(ai))
-                bi = dict(cf.b).get(i, 0.0)
+                bi = b_weights.get(i, 0.0)
                 if bi != 0.0:
                     for gp, v in zip(g_params, vj[1:], strict=True):
                         if v is not None:
                             gp.sub_(v, alpha=bi)
             z = z + dtr * sum(c * kz[j] for j, c in cf.b)
             a = a + dtr * sum(c * ka[j] for j, c in cf.b)
-        a = a + g[0]
+        if T > 1:  # with one output time, g[0] is g[-1], a's start
+            a = a + g[0]
         return (None, a.reshape(shape), *g_params)
 
 
@@ -141,6 +145,10 @@ def odeint_adjoint_per_sample(func, y0: Tensor, t: Tensor, *, rtol: float = 1e-7
                                               or any(p.requires_grad for p in params))
     if not needs_grad:
         with torch.no_grad():
-            return integrate_per_sample(func, y0, t, method=method, rtol=rtol, atol=atol,
-                                        options=spec.options).ys
+            res = integrate_per_sample(func, y0, t, method=method, rtol=rtol, atol=atol,
+                                       options=spec.options)
+        failure = res.failure(spec.options)
+        if failure is not None:  # as with gradients: failed samples are an error, not NaN rows
+            raise failure[1]
+        return res.ys
     return _PerSampleAdjoint.apply(spec, y0, *params)

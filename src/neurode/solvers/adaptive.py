@@ -11,11 +11,17 @@ import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from neurode.errors import MaxStepsReachedError, NonFiniteStateError, StepSizeTooSmallError
+from neurode.errors import (
+    InvalidInputError,
+    MaxStepsReachedError,
+    NonFiniteStateError,
+    StepSizeTooSmallError,
+)
 from neurode.solvers.controller import PIDController, error_ratio, initial_step
 from neurode.solvers.quadrature import Quadrature
 from neurode.solvers.rk import RHS, RKStepper
@@ -45,6 +51,48 @@ class AdaptiveConfig:
     jump_t: tuple[float, ...] = ()
     min_step: float = 0.0
     max_step: float = math.inf
+
+
+def _floats(x, sign: float, name: str) -> tuple[float, ...]:
+    if x is None:
+        return ()
+    vals = torch.as_tensor(x, dtype=torch.float64).reshape(-1).tolist()
+    if not all(math.isfinite(v) for v in vals):
+        raise InvalidInputError(f"options[{name!r}] contains NaN or inf")
+    return tuple(sign * v for v in vals)
+
+
+def config_from_options(o: dict[str, Any], rtol: float | Tensor, atol: float | Tensor, *,
+                        norm: Callable[[Tensor], Tensor] | None = None,
+                        sign: float = 1.0) -> AdaptiveConfig:
+    """The adaptive loop's settings from a user's ``options`` dict, each checked once here
+    (the joint and the per-sample loops share them). ``sign`` maps ``step_t``/``jump_t`` to
+    internal (forward) time."""
+    cfg = AdaptiveConfig(rtol=rtol, atol=atol, norm=norm)
+    for key in ("safety", "ifactor", "dfactor", "pcoeff", "icoeff", "dcoeff"):
+        if key in o:
+            setattr(cfg, key, float(o[key]))
+    if o.get("first_step") is not None:
+        cfg.first_step = abs(float(o["first_step"]))
+        if cfg.first_step == 0:
+            raise InvalidInputError("options['first_step'] must be non-zero")
+    if o.get("max_num_steps") is not None:
+        cfg.max_num_steps = int(o["max_num_steps"])
+    if o.get("min_step") is not None:
+        cfg.min_step = abs(float(o["min_step"]))
+    if o.get("max_step") is not None:
+        cfg.max_step = abs(float(o["max_step"]))
+    if cfg.min_step > cfg.max_step:
+        raise InvalidInputError(f"options: min_step={cfg.min_step} exceeds max_step={cfg.max_step}")
+    if not 0 < cfg.safety <= 1:
+        raise InvalidInputError(f"options['safety'] must be in (0, 1], got {cfg.safety}")
+    if not cfg.ifactor >= 1:
+        raise InvalidInputError(f"options['ifactor'] must be ≥ 1, got {cfg.ifactor}")
+    if not 0 < cfg.dfactor <= 1:
+        raise InvalidInputError(f"options['dfactor'] must be in (0, 1], got {cfg.dfactor}")
+    cfg.step_t = _floats(o.get("step_t"), sign, "step_t")
+    cfg.jump_t = _floats(o.get("jump_t"), sign, "jump_t")
+    return cfg
 
 
 @dataclass
@@ -230,6 +278,10 @@ def integrate_adaptive(f: RHS, y0: Tensor, t_out: list[float], stepper: RKSteppe
             n_rej += 1
             if cb_reject is not None:
                 cb_reject(t, y, h_step)
+            if not math.isfinite(ratio) and min(h, h_step) <= cfg.min_step:
+                # min_step forbids the smaller steps that could get past NaN/inf: give up
+                _fail_underflow(res, ratio, t, h_step, time_sign)
+                break
         h_next = ctrl.propose(h_step, ratio, accept)
         if hit_stop and accept:
             # A step cut short to land on a stop says little about the next step's size.

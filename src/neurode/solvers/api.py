@@ -12,15 +12,18 @@ from torch import Tensor
 
 from neurode.errors import (
     InvalidInputError,
-    MaxStepsReachedError,
     NonFiniteStateError,
-    StepSizeTooSmallError,
 )
-from neurode.solvers.adaptive import AdaptiveConfig, LoopResult, integrate_adaptive
+from neurode.solvers.adaptive import (
+    AdaptiveConfig,
+    LoopResult,
+    config_from_options,
+    integrate_adaptive,
+)
 from neurode.solvers.fixed import integrate_adams, integrate_fixed, make_grid
 from neurode.solvers.problem import Problem, make_problem
 from neurode.solvers.rk import get_stepper
-from neurode.solvers.solution import STATUS_MESSAGES, DenseOutput, Solution, Stats
+from neurode.solvers.solution import DenseOutput, Solution, Stats
 
 __all__ = ["odeint", "odeint_dense", "solve_ivp"]
 
@@ -28,42 +31,8 @@ State = Tensor | tuple[Tensor, ...]
 Func = Callable[[Tensor, Any], Any]
 
 
-def _floats(x, sign: float, name: str) -> tuple[float, ...]:
-    if x is None:
-        return ()
-    vals = torch.as_tensor(x, dtype=torch.float64).reshape(-1).tolist()
-    if not all(math.isfinite(v) for v in vals):
-        raise InvalidInputError(f"options[{name!r}] contains NaN or inf")
-    return tuple(sign * v for v in vals)
-
-
 def _adaptive_config(pb: Problem) -> AdaptiveConfig:
-    o = pb.options
-    cfg = AdaptiveConfig(rtol=pb.rtol, atol=pb.atol, norm=pb.norm)
-    for key in ("safety", "ifactor", "dfactor", "pcoeff", "icoeff", "dcoeff"):
-        if key in o:
-            setattr(cfg, key, float(o[key]))
-    if o.get("first_step") is not None:
-        cfg.first_step = abs(float(o["first_step"]))
-        if cfg.first_step == 0:
-            raise InvalidInputError("options['first_step'] must be non-zero")
-    if o.get("max_num_steps") is not None:
-        cfg.max_num_steps = int(o["max_num_steps"])
-    if o.get("min_step") is not None:
-        cfg.min_step = abs(float(o["min_step"]))
-    if o.get("max_step") is not None:
-        cfg.max_step = abs(float(o["max_step"]))
-    if cfg.min_step > cfg.max_step:
-        raise InvalidInputError(f"options: min_step={cfg.min_step} exceeds max_step={cfg.max_step}")
-    if not 0 < cfg.safety <= 1:
-        raise InvalidInputError(f"options['safety'] must be in (0, 1], got {cfg.safety}")
-    if not cfg.ifactor >= 1:
-        raise InvalidInputError(f"options['ifactor'] must be ≥ 1, got {cfg.ifactor}")
-    if not 0 < cfg.dfactor <= 1:
-        raise InvalidInputError(f"options['dfactor'] must be in (0, 1], got {cfg.dfactor}")
-    cfg.step_t = _floats(o.get("step_t"), pb.sign, "step_t")
-    cfg.jump_t = _floats(o.get("jump_t"), pb.sign, "jump_t")
-    return cfg
+    return config_from_options(pb.options, pb.rtol, pb.atol, norm=pb.norm, sign=pb.sign)
 
 
 def _grid(pb: Problem) -> list[float]:
@@ -227,20 +196,6 @@ def odeint(func: Func, y0: State, t: Tensor, *, rtol: float | Tensor = 1e-7,
     return pb.unflatten(out.reshape(out.shape[0], -1)) if pb.is_tuple else out
 
 
-def _per_sample_error(r, failed: list[int], options) -> Exception:
-    """The error for a per-sample solve in which the samples ``failed`` failed."""
-    b = failed[0]
-    status = int(r.status[b])
-    t_b = float(r.t_final[b])
-    message = (f"{len(failed)} of {r.status.numel()} samples failed; sample {b}: "
-               f"{STATUS_MESSAGES[status]} at t={t_b:.6g}")
-    if status == -1:
-        message += (f" (max_num_steps={(options or {}).get('max_num_steps')} steps of the "
-                    "batch); raise options['max_num_steps'] or loosen rtol/atol")
-    cls = {-1: MaxStepsReachedError, -2: StepSizeTooSmallError, -3: NonFiniteStateError}[status]
-    return cls(message, t=t_b)
-
-
 def _per_sample(func, y0, t, method, rtol, atol, options, throw: bool) -> Solution:
     """Per-sample stepping (:mod:`neurode.solvers.batched`) behind the public functions."""
     from neurode.solvers.batched import integrate_per_sample
@@ -249,13 +204,12 @@ def _per_sample(func, y0, t, method, rtol, atol, options, throw: bool) -> Soluti
                              rtol=rtol, atol=atol, options=options)
     stats = Stats(nfe=r.nfe, n_steps=r.n_steps, n_accepted=r.n_accepted,
                   n_rejected=r.n_rejected)
-    failed = torch.nonzero(r.status < 0).flatten().tolist()
     status, message = 0, "success"
-    if failed:
-        err = _per_sample_error(r, failed, options)
+    failure = r.failure(options)
+    if failure is not None:
         if throw:
-            raise err
-        status, message = int(r.status[failed[0]]), str(err)
+            raise failure[1]
+        status, message = failure[0], str(failure[1])
     return Solution(ts=t, ys=r.ys, stats=stats, status=status, message=message,
                     sample_status=r.status)
 

@@ -34,8 +34,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from neurode.errors import InvalidInputError, UnknownOptionError
+from neurode.errors import (
+    FuncOutputError,
+    InvalidInputError,
+    MaxStepsReachedError,
+    NonFiniteStateError,
+    SolverError,
+    StepSizeTooSmallError,
+    UnknownOptionError,
+)
+from neurode.solvers.adaptive import config_from_options
 from neurode.solvers.registry import get_method
+from neurode.solvers.solution import STATUS_MESSAGES
 from neurode.solvers.tableaux import ButcherTableau
 
 __all__ = ["BATCHED_OPTIONS", "BatchedResult", "integrate_per_sample"]
@@ -64,6 +74,24 @@ class BatchedResult:
     #: with ``record_steps``: per iteration ``(t_before, t_after, accepted, idx_before,
     #: idx_after)`` in internal time (``(B,)`` tensors; ``idx`` is the next output's index)
     steps: list | None = None
+
+    def failure(self, options: dict[str, Any] | None = None
+                ) -> tuple[int, SolverError] | None:
+        """``(status, error)`` for the first failed sample (the message counts them all), or
+        None when every sample succeeded. One host sync."""
+        failed = torch.nonzero(self.status < 0).flatten().tolist()
+        if not failed:
+            return None
+        b = failed[0]
+        status, t_b = int(self.status[b]), float(self.t_final[b])
+        message = (f"{len(failed)} of {self.status.numel()} samples failed; sample {b}: "
+                   f"{STATUS_MESSAGES[status]} at t={t_b:.6g}")
+        if status == -1:
+            message += (f" (max_num_steps={(options or {}).get('max_num_steps')} steps of the "
+                        "batch); raise options['max_num_steps'] or loosen rtol/atol")
+        cls = {-1: MaxStepsReachedError, -2: StepSizeTooSmallError,
+               -3: NonFiniteStateError}[status]
+        return status, cls(message, t=t_b)
 
 
 class _Coeffs:
@@ -239,28 +267,24 @@ class _Loop:
         self.t_dtype = t_dtype
         self.cf = cf
         self.rtol, self.atol = rtol, atol
-        self.safety = float(o.get("safety", 0.9))
-        self.ifactor = float(o.get("ifactor", 10.0))
-        self.dfactor = float(o.get("dfactor", 0.2))
-        p, i, d = (float(o.get(k, v)) for k, v in (("pcoeff", 0.1), ("icoeff", 1.0),
-                                                      ("dcoeff", 0.0)))
-        if d != 0.0:
+        # the options shared with the joint loop, parsed and checked by the same function
+        c = config_from_options(o, rtol, atol)
+        if c.dcoeff != 0.0:
             raise InvalidInputError("per-sample solving supports PI control only: "
                                     "options['dcoeff'] must be 0")
-        self.e1, self.e2 = -(p + i) / cf.k, p / cf.k
-        self.first_step = o.get("first_step")
+        self.safety, self.ifactor, self.dfactor = c.safety, c.ifactor, c.dfactor
+        self.e1, self.e2 = -(c.pcoeff + c.icoeff) / cf.k, c.pcoeff / cf.k
+        self.first_step = c.first_step
         self.record_steps = False
-        self.max_steps = int(o.get("max_num_steps", 2**31 - 1))
-        self.min_step = abs(float(o.get("min_step", 0.0)))
-        self.max_step = abs(float(o.get("max_step", math.inf)))
+        self.max_steps = c.max_num_steps
+        self.min_step, self.max_step = c.min_step, c.max_step
         self.K = int(o.get("sync_every", 8))
         self.W = min(int(o.get("max_outputs_per_step", 4)), max(1, self.T - 1))
         if self.K < 1:
             raise InvalidInputError(f"options['sync_every'] must be ≥ 1, got {self.K}")
         if self.W < 1:
             raise InvalidInputError(f"options['max_outputs_per_step'] must be ≥ 1, got {self.W}")
-        if not 0 < self.safety <= 1:
-            raise InvalidInputError(f"options['safety'] must be in (0, 1], got {self.safety}")
+        self._output_checked = False
         dev = y0.device
         self.arange_w = torch.arange(self.W, device=dev)
         self.rdtype = y0.real.dtype if y0.is_complex() else y0.dtype
@@ -282,10 +306,16 @@ class _Loop:
     def f(self, tf: Tensor, y: Tensor) -> Tensor:
         """``sign·func(tf, y)`` on flat ``(B, N)`` states; ``tf`` is already in user time."""
         out = self.func(tf, y.view(self.shape))
-        if not isinstance(out, Tensor) or out.shape != self.shape:
-            raise InvalidInputError(
-                f"func must return a tensor shaped like y0 {tuple(self.shape)}, got "
-                f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
+        if not self._output_checked:  # func's output is checked once (no cost per step)
+            if not isinstance(out, Tensor) or out.shape != self.shape:
+                raise FuncOutputError(
+                    f"func must return a tensor shaped like y0 {tuple(self.shape)}, got "
+                    f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
+            if out.dtype != y.dtype or out.device != y.device:
+                raise FuncOutputError(
+                    f"func returned {out.dtype} on {out.device} for y0 of {y.dtype} on "
+                    f"{y.device}; dy/dt must have the dtype and device of y")
+            self._output_checked = True
         out = out.reshape(self.B, -1)
         return out if self.sign > 0 else -out
 
@@ -347,7 +377,10 @@ class _Loop:
                 den = torch.sqrt(r * r + 0.01 * r3 * r3)
                 r = torch.where(den > 0, r * r / den, den)
             finite = torch.isfinite(r)
-            ok = (r <= 1.0) | (dt <= self.min_step) if self.min_step > 0 else r <= 1.0
+            # never accept a non-finite step, not even one pinned at min_step
+            # (h, not dt: dt = t_new − t may round to just above min_step)
+            at_min = torch.minimum(h, dt) <= self.min_step
+            ok = ((r <= 1.0) | at_min) & finite if self.min_step > 0 else r <= 1.0
             accept = active & ok
             # PI controller, per sample
             rc = r.clamp_min(1e-10)
@@ -360,7 +393,9 @@ class _Loop:
             h_new = torch.where(active, h_new, h)
             prev_new = torch.where(accept, rc.clamp_min(1e-4), prev_r)
             rej_new = active & ~accept
-            underflow = rej_new & (h_new <= self.tiny * t.abs().clamp_min(1.0))
+            # a step too small to resolve, or NaN/inf at min_step (no smaller step is allowed)
+            underflow = rej_new & ((h_new <= self.tiny * t.abs().clamp_min(1.0))
+                                   | (~finite & at_min & (self.min_step > 0)))
             status = torch.where(underflow, torch.where(finite, -2, -3), status)
             done_new = done | (accept & landing & (cap_idx.squeeze(1) == self.T - 1)) | underflow
         # outputs covered by the accepted step, interpolated with the method's dense output
