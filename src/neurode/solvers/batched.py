@@ -390,6 +390,10 @@ class _Loop:
             fac_r = rc.pow(-1.0 / cf.k).mul_(self.safety).clamp_(self.dfactor, 0.9)
             fac = torch.where(accept, fac_a, torch.where(finite, fac_r, self.dfactor))
             h_new = (dt * fac).clamp_(self.min_step, self.max_step)
+            # a step cut short to land on an output says little about the next step's size:
+            # keep at least the step that was planned (as the joint loop does)
+            cut = accept & landing & (dt < h)
+            h_new = torch.where(cut, torch.maximum(h_new, h.clamp(max=self.max_step)), h_new)
             h_new = torch.where(active, h_new, h)
             prev_new = torch.where(accept, rc.clamp_min(1e-4), prev_r)
             rej_new = active & ~accept
