@@ -190,10 +190,13 @@ def _train(args: argparse.Namespace) -> int:
         else:
             task = _build(cfg, dist.device)
             trainer = Trainer(task, run_dir, cfg, dist)
-            if args.resume:
-                trainer.resume()
-            last = trainer.train(cfg["steps"], checkpoint_every=args.checkpoint_every,
-                                 progress=progress)
+            try:
+                if args.resume:
+                    trainer.resume()
+                last = trainer.train(cfg["steps"], checkpoint_every=args.checkpoint_every,
+                                     progress=progress)
+            finally:
+                trainer.close()
             results = {"final_train": last}
             if dist.main:
                 results.update(task.evaluate())
@@ -202,9 +205,12 @@ def _train(args: argparse.Namespace) -> int:
             write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
             _print_results(results, cfg["task"])
     except KeyboardInterrupt:
+        dist.close(wait=False)
         return 130
-    finally:
-        dist.close()
+    except BaseException:
+        dist.close(wait=False)
+        raise
+    dist.close()
     return 0
 
 
@@ -226,7 +232,10 @@ def _train_classify(cfg, run_dir, dist, resume, progress, checkpoint_every) -> d
             trainer.resume()
         t0 = time.perf_counter()
         done_before = trainer.step
-        trainer.train(steps, checkpoint_every=checkpoint_every, progress=progress)
+        try:
+            trainer.train(steps, checkpoint_every=checkpoint_every, progress=progress)
+        finally:
+            trainer.close()
         epochs_run = (trainer.step - done_before) / task.steps_per_epoch
         # a finished run resumed with nothing left to do has no time per epoch to report
         sec = (time.perf_counter() - t0) / epochs_run if epochs_run else None

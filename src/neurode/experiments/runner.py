@@ -20,6 +20,7 @@ is split across ranks, metrics are averaged across ranks, and only rank 0 writes
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -191,11 +192,23 @@ class Dist:
         dist.broadcast(buf, 0)
         return int(buf.item())
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """Tear the process group down; ``wait``: first wait until every rank gets here.
+
+        The group must be gone before the interpreter exits: a Gloo group still alive then
+        (a ``DistributedDataParallel`` wrapper in a reference cycle holds one) is destroyed
+        during finalization, where its threads can abort the process (SIGABRT, "terminate
+        called without an active exception") after a run that succeeded. Release the
+        wrappers (:meth:`Trainer.close`) before calling this. ``wait=False`` on an error
+        path, where another rank may never arrive.
+        """
         if self.world > 1:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                if wait:  # rank 0 may still be evaluating; nobody leaves before the others
+                    dist.barrier()
+                gc.collect()  # wrappers kept only by reference cycles drop the group here
                 dist.destroy_process_group()
 
 
@@ -238,6 +251,10 @@ class Trainer:
         self.opt = task.make_optimizer(self.model.parameters())
         self.step = 0
         self._stop = False
+
+    def close(self) -> None:
+        """Drop the ``DistributedDataParallel`` wrapper (and its hold on the process group)."""
+        self.ddp = self.model
 
     # -- state -----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
