@@ -132,8 +132,15 @@ def _build(cfg: dict[str, Any], device: torch.device):
 
 
 def _train(args: argparse.Namespace) -> int:
-    device = _device(args.device)
-    dist = Dist.setup(device)
+    try:
+        # the process group is torn down however training ends (see Dist.close)
+        with Dist.setup(_device(args.device)) as dist:
+            return _train_in(args, dist)
+    except KeyboardInterrupt:  # Ctrl-C/SIGTERM: the checkpoint is saved
+        return 130
+
+
+def _train_in(args: argparse.Namespace, dist: Dist) -> int:
     runs = Path(args.runs_dir)
     explicit = getattr(args, "explicit", set())
     if args.name is None:
@@ -183,34 +190,26 @@ def _train(args: argparse.Namespace) -> int:
         print(f"run {run_dir}  ({dist.world} process{'es' if dist.world > 1 else ''}, "
               f"{dist.device}, {cfg['dtype']})", file=sys.stderr)
     progress = not args.no_progress
-    try:
-        if cfg["task"] == "classify":
-            results = _train_classify(cfg, run_dir, dist, args.resume, progress,
-                                      args.checkpoint_every)
-        else:
-            task = _build(cfg, dist.device)
-            trainer = Trainer(task, run_dir, cfg, dist)
-            try:
-                if args.resume:
-                    trainer.resume()
-                last = trainer.train(cfg["steps"], checkpoint_every=args.checkpoint_every,
-                                     progress=progress)
-            finally:
-                trainer.close()
-            results = {"final_train": last}
-            if dist.main:
-                results.update(task.evaluate())
-                results["plots"] = [str(p) for p in task.plot(run_dir)]
+    if cfg["task"] == "classify":
+        results = _train_classify(cfg, run_dir, dist, args.resume, progress,
+                                  args.checkpoint_every)
+    else:
+        task = _build(cfg, dist.device)
+        trainer = Trainer(task, run_dir, cfg, dist)
+        try:
+            if args.resume:
+                trainer.resume()
+            last = trainer.train(cfg["steps"], checkpoint_every=args.checkpoint_every,
+                                 progress=progress)
+        finally:
+            trainer.close()
+        results = {"final_train": last}
         if dist.main:
-            write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-            _print_results(results, cfg["task"])
-    except KeyboardInterrupt:
-        dist.close(wait=False)
-        return 130
-    except BaseException:
-        dist.close(wait=False)
-        raise
-    dist.close()
+            results.update(task.evaluate())
+            results["plots"] = [str(p) for p in task.plot(run_dir)]
+    if dist.main:
+        write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        _print_results(results, cfg["task"])
     return 0
 
 

@@ -192,6 +192,12 @@ class Dist:
         dist.broadcast(buf, 0)
         return int(buf.item())
 
+    def __enter__(self) -> Dist:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(wait=exc_type is None)
+
     def close(self, *, wait: bool = True) -> None:
         """Tear the process group down; ``wait``: first wait until every rank gets here.
 
@@ -200,7 +206,7 @@ class Dist:
         during finalization, where its threads can abort the process (SIGABRT, "terminate
         called without an active exception") after a run that succeeded. Release the
         wrappers (:meth:`Trainer.close`) before calling this. ``wait=False`` on an error
-        path, where another rank may never arrive.
+        path, where another rank may never arrive (a ``with`` block passes it so).
         """
         if self.world > 1:
             import torch.distributed as dist
