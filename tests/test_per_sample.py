@@ -213,6 +213,21 @@ def test_func_output_of_the_wrong_dtype_is_a_func_output_error():
                        torch.linspace(0, 1, 3, dtype=F64), options={"per_sample": True})
 
 
+def test_a_step_cut_short_to_land_on_an_output_does_not_shrink_the_next_step():
+    # with one output per step, the step from 5 to 5 + 1e-6 lands short; the next keeps its
+    # planned size instead of regrowing from 1e-6 (the joint loop's rule: 56 steps either way)
+    A = torch.tensor([[-0.1, -1.0], [1.0, -0.1]], dtype=F64)
+    y0 = torch.tensor([[1.0, 0.0]], dtype=F64)
+
+    def steps(ts):
+        sol = neurode.solve_ivp(lambda t, y: y @ A.T, y0, torch.tensor(ts, dtype=F64),
+                                per_sample=True, rtol=1e-6, atol=1e-8,
+                                options={"max_outputs_per_step": 1})
+        return int(sol.stats.n_steps[0])
+
+    assert steps([0.0, 5.0, 5.0 + 1e-6, 10.0]) <= steps([0.0, 5.0, 10.0]) + 2  # 63 without
+
+
 def test_max_num_steps_counts_batch_iterations():
     y0 = torch.tensor([[2.0, 0.0]] * 4, dtype=F64)
     sol = neurode.solve_ivp(_vdp_batch(MUS), y0, torch.linspace(0, 10, 5, dtype=F64),

@@ -377,10 +377,16 @@ class _Loop:
                 den = torch.sqrt(r * r + 0.01 * r3 * r3)
                 r = torch.where(den > 0, r * r / den, den)
             finite = torch.isfinite(r)
-            # never accept a non-finite step, not even one pinned at min_step
-            # (h, not dt: dt = t_new − t may round to just above min_step)
-            at_min = torch.minimum(h, dt) <= self.min_step
-            ok = ((r <= 1.0) | at_min) & finite if self.min_step > 0 else r <= 1.0
+            stuck = None
+            if self.min_step > 0:
+                # a step pinned at min_step is accepted, but never a non-finite one: that
+                # sample is stuck, no smaller step being allowed (h, not dt: dt = t_new − t
+                # may round to just above min_step)
+                at_min = torch.minimum(h, dt) <= self.min_step
+                ok = ((r <= 1.0) | at_min) & finite
+                stuck = at_min & ~finite
+            else:
+                ok = r <= 1.0
             accept = active & ok
             # PI controller, per sample
             rc = r.clamp_min(1e-10)
@@ -393,13 +399,13 @@ class _Loop:
             # a step cut short to land on an output says little about the next step's size:
             # keep at least the step that was planned (as the joint loop does)
             cut = accept & landing & (dt < h)
-            h_new = torch.where(cut, torch.maximum(h_new, h.clamp(max=self.max_step)), h_new)
+            h_new = torch.where(cut, torch.maximum(h_new, h), h_new)  # h ≤ max_step already
             h_new = torch.where(active, h_new, h)
             prev_new = torch.where(accept, rc.clamp_min(1e-4), prev_r)
             rej_new = active & ~accept
-            # a step too small to resolve, or NaN/inf at min_step (no smaller step is allowed)
-            underflow = rej_new & ((h_new <= self.tiny * t.abs().clamp_min(1.0))
-                                   | (~finite & at_min & (self.min_step > 0)))
+            # a step too small to resolve, or stuck at min_step
+            small = h_new <= self.tiny * t.abs().clamp_min(1.0)
+            underflow = rej_new & (small if stuck is None else small | stuck)
             status = torch.where(underflow, torch.where(finite, -2, -3), status)
             done_new = done | (accept & landing & (cap_idx.squeeze(1) == self.T - 1)) | underflow
         # outputs covered by the accepted step, interpolated with the method's dense output
@@ -441,8 +447,7 @@ class _Loop:
             status = torch.where(bad, torch.full_like(status, -3), status)
             done = done | bad
             if self.first_step is not None:
-                h = torch.full((B,), abs(float(self.first_step)), dtype=torch.float64,
-                               device=dev)
+                h = torch.full((B,), self.first_step, dtype=torch.float64, device=dev)
             else:
                 h = self._initial_step(t, y, k0)
                 nfe += 1
