@@ -119,7 +119,7 @@ def main() -> dict:
 
 def orders() -> dict:
     """Empirical order of each fixed implicit method: harmonic oscillator on [0, 2], h halved."""
-    from neurode.solvers.implicit import IMPLICIT_TABLEAUX
+    from neurode.solvers.tableaux import IMPLICIT_TABLEAUX
 
     y0 = torch.tensor([1.0, 0.0], dtype=F64)
     t = torch.tensor([0.0, 2.0], dtype=F64)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import neurode
-from neurode.solvers.controller import rms_norm
+from neurode.solvers.norms import rms_norm
 
 F64 = torch.float64
 

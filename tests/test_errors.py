@@ -179,9 +179,12 @@ def test_fixed_grid_option_is_unknown_to_adaptive_method_and_vice_versa():
         neurode.odeint(decay, Y0, T01, method="explicit_adams", options={"max_iters": 2})
 
 
-def test_options_without_method_are_rejected():
-    with pytest.raises(neurode.InvalidInputError, match="options were given without a method"):
-        neurode.odeint(decay, Y0, T01, options={"first_step": 0.1})
+def test_options_without_method_go_to_dopri5_as_in_torchdiffeq():
+    with_options = neurode.solve_ivp(decay, Y0, T01, method="dopri5", options={"first_step": 0.1})
+    ys = neurode.odeint(decay, Y0, T01, options={"first_step": 0.1})
+    assert torch.equal(ys, with_options.ys)
+    with pytest.raises(neurode.UnknownOptionError, match="method 'dopri5'"):
+        neurode.odeint(decay, Y0, T01, options={"step_size": 0.1})
 
 
 @pytest.mark.parametrize(("kw", "pattern"), [

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import neurode
-from neurode.solvers.implicit import IMPLICIT_TABLEAUX
+from neurode.solvers.tableaux import IMPLICIT_TABLEAUX
 
 pytest.importorskip("scipy.integrate")  # bench_stiff, loaded below, needs SciPy
 

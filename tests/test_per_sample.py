@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import neurode
-from neurode.solvers.batched import integrate_per_sample
+from neurode.solvers.api import integrate
+from neurode.solvers.problem import make_problem
 
 F64 = torch.float64
 
@@ -138,8 +139,8 @@ def test_host_conversions_at_most_one_per_sync_every_steps(sync_every):
     ts = torch.linspace(0, 6, 50)
     f = _vdp_batch(MUS.float())
     with _HostCounter() as hc:
-        r = integrate_per_sample(f, y0, ts, rtol=1e-5, atol=1e-5,
-                                 options={"sync_every": sync_every})
+        r = integrate(make_problem(f, y0, ts, 1e-5, 1e-5, "dopri5",
+                                   {"sync_every": sync_every}, per_sample=True))
     assert (r.status == 0).all()
     assert r.iterations > 50
     # the loop's checks, plus a constant number at set-up (validating t)
@@ -228,11 +229,20 @@ def test_a_step_cut_short_to_land_on_an_output_does_not_shrink_the_next_step():
     assert steps([0.0, 5.0, 5.0 + 1e-6, 10.0]) <= steps([0.0, 5.0, 10.0]) + 2  # 63 without
 
 
-def test_max_num_steps_counts_batch_iterations():
+def test_max_num_steps_counts_each_samples_own_steps():
     y0 = torch.tensor([[2.0, 0.0]] * 4, dtype=F64)
-    sol = neurode.solve_ivp(_vdp_batch(MUS), y0, torch.linspace(0, 10, 5, dtype=F64),
-                            per_sample=True, throw=False, options={"max_num_steps": 40})
-    assert (sol.sample_status == -1).any() and "max_num_steps" in sol.message
+    t = torch.linspace(0, 10, 5, dtype=F64)
+    free = neurode.solve_ivp(_vdp_batch(MUS), y0, t, per_sample=True)
+    cap = int(free.stats.n_steps.sort().values[1]) + 1  # above the two easiest samples' needs
+    sol = neurode.solve_ivp(_vdp_batch(MUS), y0, t, per_sample=True, throw=False,
+                            options={"max_num_steps": cap})
+    assert "max_num_steps" in sol.message
+    # samples that need fewer steps than the cap finish exactly as without it; the others stop
+    # at the cap, counted in their own steps (not in iterations of the batch)
+    easy = free.stats.n_steps < cap
+    assert torch.equal(sol.sample_status == 0, easy)
+    assert torch.equal(sol.stats.n_steps[~easy], torch.full_like(sol.stats.n_steps[~easy], cap))
+    assert torch.equal(sol.ys[:, easy], free.ys[:, easy])
     with pytest.raises(neurode.MaxStepsReachedError):
         neurode.odeint(_vdp_batch(MUS), y0, torch.linspace(0, 10, 5, dtype=F64),
                        options={"per_sample": True, "max_num_steps": 40})
@@ -244,8 +254,8 @@ def test_max_num_steps_counts_batch_iterations():
     (dict(method="rk4"), "adaptive explicit"),
     (dict(method="radau"), "adaptive explicit"),
     (dict(options={"per_sample": True, "sync_every": 0}), "sync_every"),
-    (dict(options={"per_sample": True, "step_t": [0.5]}), "unknown option"),
-    (dict(y0=(torch.zeros(4, 2), torch.zeros(4, 2))), "tensor y0"),
+    (dict(y0=(torch.zeros(4, 2), torch.zeros(3, 2))), "same batch size"),
+    (dict(options={"max_outputs_per_step": 2}), "per-sample solving only"),
     # the options shared with the joint loop are checked by the same code
     (dict(options={"per_sample": True, "first_step": 0.0}), "first_step"),
     (dict(options={"per_sample": True, "min_step": 0.5, "max_step": 0.1}), "exceeds max_step"),

@@ -3,6 +3,7 @@ adjoint's use of them for the parameter adjoints (no concatenation into the solv
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,22 +11,36 @@ import torch
 from torch import nn
 
 import neurode
-import neurode.solvers.adaptive as adaptive_mod
-import neurode.solvers.fixed as fixed_mod
-from neurode.solvers.adaptive import AdaptiveConfig, integrate_adaptive
-from neurode.solvers.controller import rms_norm
-from neurode.solvers.fixed import integrate_fixed, make_grid
-from neurode.solvers.quadrature import Quadrature, attach
-from neurode.solvers.rk import get_stepper
+import neurode.solvers.api as api_mod
+from neurode.solvers.api import integrate
+from neurode.solvers.problem import make_problem
+from neurode.solvers.quadrature import AttachingField, Quadrature
 from neurode.solvers.tableaux import TABLEAUX
 
 F64 = torch.float64
 
 
-def _field(s, y, perturb=0):
-    """y' = [-y0, y0·cos s]; quadratures q' = (y0², [sin s, 1])."""
-    k = torch.stack([-y[0], y[0] * math.cos(s)])
-    return attach(k, [y[0] ** 2, torch.tensor([math.sin(s), 1.0], dtype=F64)])
+def _solve(func_q, y0, t1, method, quad, **kw):
+    """Integrate ``func_q(t, y) -> (dy/dt, q)`` on [0, t1], the q's into ``quad``."""
+    last = [[]]
+
+    def f(t, y):
+        k, q = func_q(t, y)
+        last[0] = q
+        return k
+
+    pb = make_problem(f, y0, torch.tensor([0.0, t1], dtype=F64), kw.pop("rtol", 1e-7),
+                      kw.pop("atol", 1e-9), method, kw.pop("options", None))
+    pb = dataclasses.replace(pb, field=AttachingField(pb.field, last))
+    res = integrate(pb, quad=quad)
+    assert res.ok()
+    return res
+
+
+def _field(t, y):
+    """y' = [-y0, y0·cos t]; quadratures q' = (y0², [sin t, 1])."""
+    k = torch.stack([-y[0], y[0] * torch.cos(t)])
+    return k, [y[0] ** 2, torch.stack([torch.sin(t), torch.ones_like(t)])]
 
 
 def _exact_q(t1):
@@ -44,13 +59,10 @@ def _err(values, exact):
 @pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "dopri8"])
 @pytest.mark.parametrize("controlled", [True, False])
 def test_adaptive_quadrature_meets_the_tolerance(method, controlled):
-    stepper = get_stepper(TABLEAUX[method])
     for tol in (1e-5, 1e-8):
-        cfg = AdaptiveConfig(rtol=tol, atol=tol, norm=rms_norm)
-        quad = Quadrature(_q0(), stepper, rtol=tol, atol=tol, controlled=controlled)
+        quad = Quadrature(_q0(), TABLEAUX[method], rtol=tol, atol=tol, controlled=controlled)
         y0 = torch.tensor([1.0, 0.0], dtype=F64)
-        res = integrate_adaptive(_field, y0, [0.0, 2.0], stepper, cfg, quad=quad)
-        assert res.status == 0
+        _solve(_field, y0, 2.0, method, quad, rtol=tol, atol=tol)
         err = _err(quad.values, _exact_q(2.0))
         assert err < 20 * tol, (method, tol, err)
 
@@ -58,19 +70,16 @@ def test_adaptive_quadrature_meets_the_tolerance(method, controlled):
 def test_controlled_quadrature_takes_more_steps_when_its_integrand_is_harder():
     """The step control sees the quadrature only when controlled: a fast-oscillating integrand
     that the state does not have forces smaller steps (and a smaller quadrature error)."""
-    stepper = get_stepper(TABLEAUX["dopri5"])
-
-    def f(s, y, perturb=0):
-        return attach(-y, [torch.tensor([math.sin(40 * s)], dtype=F64)])
+    def f(t, y):
+        return -y, [torch.sin(40 * t).reshape(1)]
 
     out = {}
     for controlled in (False, True):
-        quad = Quadrature([torch.zeros(1, dtype=F64)], stepper, rtol=1e-7, atol=1e-7,
+        quad = Quadrature([torch.zeros(1, dtype=F64)], TABLEAUX["dopri5"], rtol=1e-7, atol=1e-7,
                           controlled=controlled)
-        res = integrate_adaptive(f, torch.ones(1, dtype=F64), [0.0, 1.0], stepper,
-                                 AdaptiveConfig(rtol=1e-7, atol=1e-7, norm=rms_norm), quad=quad)
+        res = _solve(f, torch.ones(1, dtype=F64), 1.0, "dopri5", quad, rtol=1e-7, atol=1e-7)
         exact = (1 - math.cos(40.0)) / 40
-        out[controlled] = (res.n_accepted, abs(float(quad.values[0][0]) - exact))
+        out[controlled] = (int(res.n_accepted[0]), abs(float(quad.values[0][0]) - exact))
     assert out[True][0] > 2 * out[False][0], out
     assert out[True][1] < 1e-6 < out[False][1], out
 
@@ -78,14 +87,12 @@ def test_controlled_quadrature_takes_more_steps_when_its_integrand_is_harder():
 @pytest.mark.parametrize(("method", "order"), [("euler", 1), ("midpoint", 2), ("heun3", 3),
                                                ("rk4", 4)])
 def test_fixed_grid_quadrature_converges_at_the_method_order(method, order):
-    stepper = get_stepper(TABLEAUX[method])
     errs = []
     hs = [0.1, 0.05, 0.025]
     for h in hs:
-        quad = Quadrature(_q0(), stepper)
+        quad = Quadrature(_q0(), TABLEAUX[method])
         y0 = torch.tensor([1.0, 0.0], dtype=F64)
-        integrate_fixed(_field, y0, [0.0, 1.0], make_grid([0.0, 1.0], h, None), stepper,
-                        quad=quad)
+        _solve(_field, y0, 1.0, method, quad, options={"step_size": h})
         errs.append(abs(float(quad.values[0]) - _exact_q(1.0)[0]))
     slope = math.log(errs[0] / errs[-1]) / math.log(hs[0] / hs[-1])
     assert abs(slope - order) < 0.2, (method, errs, slope)
@@ -112,14 +119,14 @@ def test_adjoint_integrates_parameter_adjoints_beside_a_state_of_twice_the_size(
     t = torch.linspace(0, 2, 5, dtype=F64)  # on rk4's grid: no O(h²) output interpolation
     params = [y0, *f.parameters()]
     sizes = []
-    loop = adaptive_mod.integrate_adaptive if method == "dopri5" else fixed_mod.integrate_fixed
-    name = "integrate_adaptive" if method == "dopri5" else "integrate_fixed"
+    name = "AdaptiveLoop" if method == "dopri5" else "FixedLoop"
+    loop = getattr(api_mod, name)
 
-    def spy(fn, y, *a, **k):
-        sizes.append(y.numel())
-        return loop(fn, y, *a, **k)
+    def spy(pb, *a, **k):
+        sizes.append(pb.y0.numel())
+        return loop(pb, *a, **k)
 
-    monkeypatch.setattr(f"neurode.solvers.api.{name}", spy)
+    monkeypatch.setattr(api_mod, name, spy)
     tol = {"rtol": 1e-10, "atol": 1e-10}
     ys = neurode.odeint_adjoint(f, y0, t, method=method, options=options, **tol)
     g_quad = torch.autograd.grad((ys**2).sum(), params)

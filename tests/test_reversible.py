@@ -18,7 +18,7 @@ from torch.autograd import gradcheck
 
 import neurode
 from neurode.gradients.reversible import odeint_reversible
-from neurode.solvers.alf import alf_inverse, alf_step
+from neurode.solvers.steppers.alf import ALF
 
 F64 = torch.float64
 
@@ -52,6 +52,27 @@ def _rel(a, b):
 
 
 # --- the step and its inverse --------------------------------------------------------------------
+
+
+def _alf(eta: float, z: torch.Tensor) -> tuple[ALF, callable]:
+    return ALF(eta, batch=1, n=z.numel(), dtype=z.dtype, device=z.device, sign=1.0,
+               time_dtype=F64, per_sample=False)
+
+
+def _field(f):
+    return lambda tu, y: f(float(tu), y.view(-1)).view(1, -1)
+
+
+def alf_step(f, s, h, z, v, eta=1.0):
+    """One ALF step from floats ``s``, ``h`` through the ALF stepper: ``(z1, v1, u)``."""
+    out = _alf(eta, z).step(_field(f), _t(s), _t(h), z.view(1, -1), v.view(1, -1), error=False)
+    return out.y1[0], out.carry[0], out.raw[0][0]
+
+
+def alf_inverse(f, s, h, z1, v1, eta=1.0):
+    """The ALF stepper's inverse step: ``(z, v)`` at ``s``."""
+    z, v = _alf(eta, z1).inverse(_field(f), _t(s), _t(h), z1.view(1, -1), v1.view(1, -1))
+    return z[0], v[0]
 
 
 def _rotation_field(seed=0, d=8):
@@ -379,10 +400,19 @@ def test_bad_alf_options_are_rejected(options, pattern):
         odeint_reversible(_oscillator, y0, _t(0.0, 1.0), options=options, adjoint_params=())
 
 
-def test_jump_t_is_not_an_alf_option():
-    with pytest.raises(neurode.UnknownOptionError, match="jump_t"):
-        neurode.odeint(_oscillator, _t(1.0, 0.0), _t(0.0, 1.0), method="alf",
+def test_jump_t_restarts_alf_in_odeint_but_is_refused_by_the_reversible_gradient():
+    """y' = -y before t = 0.5 and +1 after: ALF restarts v = f(t+, y) at the jump and stays
+    second-order accurate; odeint_reversible cannot invert that restart and says so."""
+    def f(t, y):
+        return torch.where(t < 0.5, -y, torch.ones_like(y))
+
+    y = neurode.odeint(f, _t(1.0), _t(0.0, 1.0), method="alf", rtol=1e-8, atol=1e-10,
                        options={"jump_t": [0.5]})
+    exact = math.exp(-0.5) + 0.5
+    assert abs(float(y[-1, 0]) - exact) < 1e-6
+    with pytest.raises(neurode.InvalidInputError, match="jump_t"):
+        odeint_reversible(f, _t(1.0).requires_grad_(), _t(0.0, 1.0), adjoint_params=(),
+                          options={"jump_t": [0.5]})
 
 
 def test_solver_failures_raise_neurode_errors():

@@ -25,7 +25,7 @@ THETAS = (0.1, 1 / 3, 0.5, 0.77, 0.9)
 MIN_LEADING_DEFECT = 1e-6
 
 # DOP853 has two embedded solutions (orders 5 and 3) combined as err5² / sqrt(err5² + 0.01 err3²);
-# its ``error_order`` is the order implied for that combination, not an embedded order.
+# its ``embedded_order`` is the order implied for that combination, not an embedded order.
 COMBINED_ESTIMATOR_ORDERS = {"dopri8": {"b_error": 5, "b_error_low": 3}}
 
 
@@ -166,7 +166,7 @@ def _padded_b(tab: ButcherTableau, n: int) -> np.ndarray:
 def _embedded_order(name: str, attr: str) -> int:
     if name in COMBINED_ESTIMATOR_ORDERS:
         return COMBINED_ESTIMATOR_ORDERS[name][attr]
-    return TABLEAUX[name].error_order
+    return TABLEAUX[name].embedded_order
 
 
 def _embedded_view(tab: ButcherTableau, attr: str) -> tuple[np.ndarray, np.ndarray]:
@@ -222,7 +222,7 @@ def test_tableau_arrays_have_consistent_shapes(name):
     assert len(tab.b) == S
     assert [len(row) for row in tab.a] == list(range(S))
     if tab.b_error is not None:
-        assert tab.error_order is not None
+        assert tab.embedded_order is not None
         assert len(tab.b_error) in (S, S + 1)
     if tab.b_error_low is not None:
         assert tab.b_error is not None
@@ -291,14 +291,14 @@ def test_every_double_estimator_has_known_embedded_orders():
 
 
 @pytest.mark.parametrize("name", list(COMBINED_ESTIMATOR_ORDERS))
-def test_combined_error_estimate_order_matches_controller_order(name):
+def test_combined_error_estimate_order_matches_the_error_order(name):
     # err_hi = O(h^(p_hi+1)), err_lo = O(h^(p_lo+1)), so err_hi²/sqrt(err_hi² + 0.01 err_lo²)
     # = O(h^(2(p_hi+1) − (p_lo+1))): dop853's 8(5,3) estimate is O(h^8), exponent 1/8.
     orders = COMBINED_ESTIMATOR_ORDERS[name]
     expected = 2 * (orders["b_error"] + 1) - (orders["b_error_low"] + 1)
     tab = TABLEAUX[name]
-    assert tab.controller_order == expected
-    assert tab.controller_order <= tab.order
+    assert tab.error_order == expected
+    assert tab.error_order <= tab.order
 
 
 @pytest.mark.parametrize("name", FSAL)

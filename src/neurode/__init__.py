@@ -5,6 +5,7 @@ richer :class:`Solution` with statistics, status and dense output.
 """
 
 from neurode.errors import (
+    ExternalSolverError,
     FuncOutputError,
     InvalidInputError,
     MaxStepsReachedError,
@@ -12,6 +13,7 @@ from neurode.errors import (
     NewtonConvergenceError,
     NonFiniteStateError,
     SolverError,
+    Status,
     StepSizeTooSmallError,
     UnknownMethodError,
     UnknownOptionError,
@@ -42,6 +44,7 @@ __all__ = [
     "TABLEAUX",
     "ButcherTableau",
     "DenseOutput",
+    "ExternalSolverError",
     "FuncOutputError",
     "InvalidInputError",
     "MaxStepsReachedError",
@@ -51,6 +54,7 @@ __all__ = [
     "Solution",
     "SolverError",
     "Stats",
+    "Status",
     "StepSizeTooSmallError",
     "UnknownMethodError",
     "UnknownOptionError",

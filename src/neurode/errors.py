@@ -1,13 +1,19 @@
-"""Exception types raised by neurode.
+"""Exception types raised by neurode, and the status codes of a solve.
 
 Every failure raises a subclass of :class:`NeurodeError`, so ``except neurode.NeurodeError``
 catches all of them. Input problems also derive from :class:`ValueError` and integration failures
 from :class:`RuntimeError`, so code written against the built-in types keeps working.
+
+:class:`Status` is the one list of outcomes: each member has its code (``Solution.status``), its
+message and the exception class a failure raises.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 __all__ = [
+    "ExternalSolverError",
     "FuncOutputError",
     "InvalidInputError",
     "MaxStepsReachedError",
@@ -15,6 +21,7 @@ __all__ = [
     "NewtonConvergenceError",
     "NonFiniteStateError",
     "SolverError",
+    "Status",
     "StepSizeTooSmallError",
     "UnknownMethodError",
     "UnknownOptionError",
@@ -64,3 +71,51 @@ class MaxStepsReachedError(SolverError):
 
 class NewtonConvergenceError(SolverError):
     """The Newton iteration of an implicit method did not converge (at time ``t``, step ``dt``)."""
+
+
+class ExternalSolverError(SolverError):
+    """An external backend (SciPy) reported a failure; the message carries its own words."""
+
+
+class Status(IntEnum):
+    """Outcome of a solve: ``Solution.status`` (negative codes are failures).
+
+    ``Status(code).message`` is the outcome in words and ``Status(code).error`` the exception
+    class a failure raises (None for the two successes).
+    """
+
+    SUCCESS = 0
+    EVENT = 1
+    MAX_STEPS = -1
+    STEP_SIZE_TOO_SMALL = -2
+    NON_FINITE = -3
+    NEWTON_FAILED = -4
+    EXTERNAL_FAILED = -5
+
+    @property
+    def message(self) -> str:
+        return _MESSAGES[self]
+
+    @property
+    def error(self) -> type[SolverError] | None:
+        return _ERRORS[self]
+
+
+_MESSAGES = {
+    Status.SUCCESS: "success",
+    Status.EVENT: "terminated by event",
+    Status.MAX_STEPS: "max_num_steps reached",
+    Status.STEP_SIZE_TOO_SMALL: "step size underflow",
+    Status.NON_FINITE: "non-finite state",
+    Status.NEWTON_FAILED: "Newton iteration did not converge",
+    Status.EXTERNAL_FAILED: "external solver failed",
+}
+_ERRORS: dict[Status, type[SolverError] | None] = {
+    Status.SUCCESS: None,
+    Status.EVENT: None,
+    Status.MAX_STEPS: MaxStepsReachedError,
+    Status.STEP_SIZE_TOO_SMALL: StepSizeTooSmallError,
+    Status.NON_FINITE: NonFiniteStateError,
+    Status.NEWTON_FAILED: NewtonConvergenceError,
+    Status.EXTERNAL_FAILED: ExternalSolverError,
+}

@@ -19,25 +19,11 @@ import copy
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from neurode.errors import InvalidInputError
 
 Backward = Callable[..., tuple[Tensor | None, Tensor | None, list[Tensor | None]]]
-
-
-def param_names(func, params: Sequence[Tensor]) -> list[str] | None:
-    """Names of ``params`` among ``func``'s parameters, if func is a Module that owns them all.
-
-    Taken when the solve is called: inside ``torch.func.functional_call`` the module's
-    parameters are then the tensors passed in, which is how the backward pass can swap the saved
-    values back in after the call has returned.
-    """
-    if not isinstance(func, nn.Module):
-        return None
-    by_id = {id(p): name for name, p in func.named_parameters(remove_duplicate=False)}
-    names = [by_id.get(id(p)) for p in params]
-    return None if any(n is None for n in names) else names
 
 
 @contextlib.contextmanager
@@ -71,7 +57,7 @@ def with_params(backward: Callable) -> Backward:
     ``active`` from :func:`differentiable_params` (the spec must carry ``param_names``)."""
 
     def run(spec, t, ys, params, grad_ys, needs):
-        with differentiable_params(spec.pb.user_func, spec.param_names, params,
+        with differentiable_params(spec.pb.func, spec.param_names, params,
                                    needs) as active:
             grad_y0, grad_t, *grad_p = backward(spec, t, ys, params, grad_ys, needs, active)
         return grad_y0, grad_t, grad_p

@@ -20,9 +20,8 @@ from torch import Tensor
 
 from neurode.errors import NonFiniteStateError
 from neurode.solvers.api import odeint
-from neurode.solvers.events import integrate_event
 
-__all__ = ["odeint_event", "odeint_event_adjoint"]
+__all__ = ["odeint_event", "reroute"]
 
 
 def _flat(x) -> Tensor:
@@ -63,7 +62,7 @@ class _EventRerouting(torch.autograd.Function):
         return None, None, None, None, new_state_grad
 
 
-def _reroute(func, event_fn, y0, event_t: Tensor, solution):
+def reroute(func, event_fn, y0, event_t: Tensor, solution):
     is_tuple = not isinstance(solution, Tensor)
     if is_tuple:
         shapes = [s.shape[1:] for s in solution]
@@ -101,19 +100,4 @@ def odeint_event(func: Callable, y0, t0, *, event_fn: Callable, reverse_time: bo
     direction = -1.0 if reverse_time else 1.0
     t = torch.cat([t0.reshape(-1), t0.reshape(-1).detach() + direction])
     event_t, solution = odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
-    return _reroute(func, event_fn, y0, event_t, solution)
-
-
-def odeint_event_adjoint(func, y0, t, event_fn, *, rtol, atol, method, options, **adjoint_kw):
-    """``odeint_adjoint(..., event_fn=...)``: find the event without a graph, then solve to it
-    with the adjoint method so the state at the event carries adjoint gradients."""
-    from neurode.gradients.adjoint import odeint_adjoint
-
-    with torch.no_grad():
-        event_t, _ = integrate_event(func, y0, t, event_fn, rtol=rtol, atol=atol, method=method,
-                                     options=options)
-    t = torch.as_tensor(t)
-    t_span = torch.stack([t.reshape(-1)[0], event_t.to(t.dtype)])
-    solution = odeint_adjoint(func, y0, t_span, rtol=rtol, atol=atol, method=method,
-                              options=options, **adjoint_kw)
-    return event_t, solution
+    return reroute(func, event_fn, y0, event_t, solution)

@@ -34,8 +34,8 @@ from torch import Tensor, nn
 
 from neurode.errors import FuncOutputError, InvalidInputError
 from neurode.solvers.api import odeint
-from neurode.solvers.controller import rms_norm
-from neurode.solvers.problem import _check_state
+from neurode.solvers.norms import rms_norm
+from neurode.solvers.problem import check_state
 
 __all__ = ["odeint_jvp"]
 
@@ -230,13 +230,12 @@ def odeint_jvp(func: Callable, y0: State, t: Tensor, *, tangent_y0: State | None
     """
     if not callable(func):
         raise InvalidInputError(f"func must be callable as func(t, y), got {type(func).__name__}")
-    y0_flat, shapes = _check_state(y0)
-    is_tuple = shapes is not None
+    tensors, is_tuple = check_state(y0, per_sample=False)
     zs = tuple(y0) if is_tuple else (y0,)
     k = len(zs)
     ws = _tangent_state(y0, tangent_y0, is_tuple)
     active, names, dparams = _resolve_params(func, params, tangent_params)
-    n_flat = y0_flat.numel()
+    n_flat = sum(x.numel() for x in tensors)
 
     def user_state(parts: Sequence[Tensor]) -> State:
         return tuple(parts) if is_tuple else parts[0]

@@ -1,37 +1,31 @@
 """Reversible gradients (MALI; Zhuang et al., ICLR 2021): backprop through ALF at constant memory.
 
-The asynchronous leapfrog step (:mod:`neurode.solvers.alf`) is an explicit bijection of the
-augmented state ``(z, v)`` with an inverse that costs one evaluation of ``f``. So the backward
+The asynchronous leapfrog step (:mod:`neurode.solvers.steppers.alf`) is an explicit bijection of
+the augmented state ``(z, v)`` with an inverse that costs one evaluation of ``f``. So the backward
 pass needs neither the trajectory nor checkpoints: the forward pass runs without a graph and keeps
-the outputs, the final ``v`` and the accepted steps as Python floats ``(t_n, h_n)``; the backward
-pass walks the steps in reverse and, for each,
+the outputs, the final ``v`` and the accepted steps as floats ``(t_n, h_n)``; the backward pass
+walks the steps in reverse and, for each,
 
 1. reconstructs ``(z_n, v_n)`` from ``(z_{n+1}, v_{n+1})`` with the inverse step (no graph);
-2. recomputes the forward step from ``(z_n, v_n)`` with a graph and back-propagates the running
-   adjoints ``(a_z, a_v)`` through that one step (``torch.autograd.grad`` w.r.t. ``z_n``, ``v_n``
-   and the parameters), adding ``dL/dz`` at the output times;
+2. recomputes the forward step from ``(z_n, v_n)`` with a graph — the same stepper call as the
+   forward one, so the same floating-point computation — and back-propagates the running adjoints
+   ``(a_z, a_v)`` through that one step, adding ``dL/dz`` at the output times;
 
 and finally pushes ``a_v`` into ``z_0`` and the parameters through ``v_0 = f(t_0, z_0)``.
 
 The result is the gradient of the discrete ALF solve, i.e. what backprop through
 ``neurode.odeint(..., method="alf")`` with the same steps gives, up to the rounding error of the
-reconstruction (the inverse step recovers ``(z_n, v_n)`` to a few ulps per step; the measured drift
-is ~1e-13 relative over thousands of steps on non-dissipative fields). Memory: one step's graph
-plus two floats per step, independent of the number of steps for the tensors. Cost: three
-evaluations of ``f`` per step in the backward pass (inverse, recomputation, its VJP) against one
-forward. The step sizes are chosen under ``no_grad`` and held fixed, as in backprop; rejected
-steps play no part.
+reconstruction. Memory: one step's graph plus two floats per step. Cost: three evaluations of
+``f`` per step in the backward pass (inverse, recomputation, its VJP) against one forward.
 
 Gradients w.r.t. the times are the closed forms of the continuous problem, exactly as
 :func:`neurode.odeint` attaches them: ``dL/dt_i = g_i·f(t_i, z_i)`` for ``i ≥ 1`` and
-``dL/dt_0 = −(dL/dz_0)·f(t_0, z_0)`` (``dL/dz_0`` excluding ``g_0``, which does not move with
-``t_0``).
+``dL/dt_0 = −(dL/dz_0)·f(t_0, z_0)``.
 
 Caveat, inherent to the method: inverting a step runs the dynamics backwards, so rounding errors
-grow like the backward flow (``e^{Λt}`` for the largest contraction rate ``Λ`` of the forward
-dynamics), and for the damped step (``eta < 1``) additionally by ``1/|1 − 2η|`` per step. For
-strongly dissipative fields or many damped steps, prefer :func:`neurode.odeint_checkpoint` or
-:func:`neurode.odeint_adjoint`.
+grow like the backward flow, and for the damped step (``eta < 1``) additionally by
+``1/|1 − 2η|`` per step. For strongly dissipative fields or many damped steps, prefer
+:func:`neurode.odeint_checkpoint` or :func:`neurode.odeint_adjoint`.
 """
 
 from __future__ import annotations
@@ -45,14 +39,9 @@ import torch
 from torch import Tensor
 
 from neurode.errors import InvalidInputError, NonFiniteStateError
-from neurode.gradients._functorch import (
-    param_names,
-    solve_function,
-    with_params,
-)
-from neurode.gradients.adjoint import _resolve_params
-from neurode.solvers.alf import ALFConfig, alf_config, alf_integrate, alf_inverse, alf_step
-from neurode.solvers.api import odeint
+from neurode.gradients._functorch import solve_function, with_params
+from neurode.gradients._params import needs_grad, param_names, resolve_params
+from neurode.solvers.api import integrate, odeint, raise_failure
 from neurode.solvers.problem import Problem, make_problem
 
 __all__ = ["odeint_reversible"]
@@ -61,13 +50,13 @@ __all__ = ["odeint_reversible"]
 class _Spec:
     """Everything the backward pass needs besides tensors: the problem and the step list."""
 
-    def __init__(self, pb: Problem, cfg: ALFConfig):
+    def __init__(self, pb: Problem):
         self.pb = pb
-        self.cfg = cfg
         self.step_t: list[float] = []
         self.step_h: list[float] = []
         self.out_steps: list[int] = []
         self.v_final: Tensor | None = None
+        self.stepper = None
         self.nfe_forward = 0
         self.nfe_backward = 0
         self.param_names: list[str] | None = None
@@ -76,22 +65,26 @@ class _Spec:
 
 
 def _reversible_forward(spec: _Spec, y0: Tensor, t: Tensor, *params: Tensor) -> Tensor:
-    pb = spec.pb
     with torch.no_grad():
-        res = alf_integrate(pb.f, y0.detach(), pb.t_out, spec.cfg, callbacks=pb.callbacks,
-                            time_sign=pb.sign)
-        if res.status < 0:
-            raise res.error
-        ys = torch.stack(res.ys)
+        pb = spec.pb.with_y0(y0.detach())
+        res = integrate(pb, record="times")
+        raise_failure(pb, res)
+        ys = res.ys[:, 0]
+        v = res.extra["carry"]
         if not bool(torch.isfinite(ys.sum())) or (
-                res.v_final is not None and not bool(torch.isfinite(res.v_final).all())):
+                v is not None and not bool(torch.isfinite(v).all())):
             raise NonFiniteStateError(
                 "non-finite value (NaN or inf) in the ALF solution; reduce the step size "
                 "(options['step_size'], or rtol/atol) or check func")
-    spec.step_t, spec.step_h, spec.out_steps = res.step_t, res.step_h, res.out_steps
-    spec.v_final = res.v_final
+    rec = res.record
+    spec.step_t, spec.step_h = rec.t, rec.h
+    # output j (j ≥ 1) is the state after out_steps[j] accepted steps: outputs are step ends
+    ends = {t0 + h: k + 1 for k, (t0, h) in enumerate(zip(rec.t, rec.h, strict=True))}
+    spec.out_steps = [0] + [ends.get(to, 0) for to in pb.t_out[1:]]
+    spec.v_final = v
+    spec.stepper = res.extra["stepper"]
     spec.nfe_forward = res.nfe
-    spec.n_steps = res.n_accepted
+    spec.n_steps = len(rec.t)
     return ys
 
 
@@ -111,14 +104,12 @@ def _rel_err(x: Tensor, ref: Tensor) -> float:
 def _backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tensor], grad_ys: Tensor,
               needs: Sequence[bool], active: Sequence[Tensor]):
     pb = spec.pb
-    eta = spec.cfg.eta
+    field = pb.field
+    stepper = spec.stepper
+    eta = stepper.eta
+    dev = ys.device
     grad_p = [torch.zeros_like(p) for p in active]
-    nfe = 0
-
-    def f(s, y, perturb=0):
-        nonlocal nfe
-        nfe += 1
-        return pb.f(s, y, perturb)
+    nfe0 = field.nfe
 
     def add_param_grads(grads):
         for j, g in enumerate(grads):
@@ -126,24 +117,23 @@ def _backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tensor], grad
                 grad_p[j] += g
 
     n_out = ys.shape[0]
-    # Output j (j ≥ 1) is the state after out_steps[j] steps; step n leads to state n + 1.
     out_at = {k: j for j, k in enumerate(spec.out_steps) if j >= 1}
-    a_z = grad_ys[-1].clone()
+    a_z = grad_ys[-1].view(1, -1).clone()
     a_v = torch.zeros_like(a_z)
-    t0 = pb.t_out[0]
     drift = 0.0
     if spec.n_steps:
-        z, v = ys[-1], spec.v_final
+        z, v = ys[-1].view(1, -1), spec.v_final
         for n in range(spec.n_steps - 1, -1, -1):
-            s, h = spec.step_t[n], spec.step_h[n]
+            s = torch.tensor([spec.step_t[n]], dtype=torch.float64, device=dev)
+            ds = torch.tensor([spec.step_h[n]], dtype=torch.float64, device=dev)
             with torch.enable_grad():
                 if n > 0:
                     with torch.no_grad():
-                        z_n, v_n = alf_inverse(f, s, h, z, v, eta)
+                        z_n, v_n = stepper.inverse(field, s, ds, z, v)
                     j = out_at.get(n)
                     if j is not None:
-                        drift = max(drift, _rel_err(z_n, ys[j]))
-                        z_n = ys[j]  # the stored output is the exact forward state
+                        drift = max(drift, _rel_err(z_n, ys[j].view(1, -1)))
+                        z_n = ys[j].view(1, -1)  # the stored output is the exact forward state
                     zn = z_n.detach().requires_grad_(True)
                     vn = v_n.detach().requires_grad_(True)
                     inputs = (zn, vn, *active)
@@ -152,24 +142,25 @@ def _backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tensor], grad
                     # a_v reaches y0 and the parameters through v0 as well. Reconstructing z0
                     # too costs one evaluation and measures the drift where it is largest.
                     with torch.no_grad():
-                        z_rec, _ = alf_inverse(f, s, h, z, v, eta)
-                    drift = max(drift, _rel_err(z_rec, ys[0]))
-                    zn = ys[0].detach().requires_grad_(True)
-                    vn = f(t0, zn)
+                        z_rec, _ = stepper.inverse(field, s, ds, z, v)
+                    drift = max(drift, _rel_err(z_rec, ys[0].view(1, -1)))
+                    zn = ys[0].view(1, -1).detach().requires_grad_(True)
+                    vn = stepper.start(field, s, zn)
                     inputs = (zn, *active)
-                z1, v1, _ = alf_step(f, s, h, zn, vn, eta)
-                grads = torch.autograd.grad((z1, v1), inputs, (a_z, a_v), allow_unused=True)
+                out = stepper.step(field, s, ds, zn, vn, error=False)
+                grads = torch.autograd.grad((out.y1, out.carry), inputs, (a_z, a_v),
+                                            allow_unused=True)
             a_z = grads[0] if grads[0] is not None else torch.zeros_like(a_z)
             if n > 0:
                 a_v = grads[1] if grads[1] is not None else torch.zeros_like(a_v)
                 add_param_grads(grads[2:])
                 j = out_at.get(n)
                 if j is not None:
-                    a_z = a_z + grad_ys[j]
+                    a_z = a_z + grad_ys[j].view(1, -1)
                 z, v = z_n, v_n
             else:
                 add_param_grads(grads[1:])
-    spec.nfe_backward = nfe
+    spec.nfe_backward = field.nfe - nfe0
     spec.reconstruction_error = drift
     tol = _DRIFT_WARN.get(ys.dtype, 1e-6)
     if not drift <= tol:
@@ -186,13 +177,15 @@ def _backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tensor], grad
     grad_t = None
     if needs[2]:
         with torch.no_grad():
-            tt = torch.zeros(n_out, dtype=torch.float64, device=ys.device)
+            tt = torch.zeros(n_out, dtype=torch.float64, device=dev)
             for i in range(1, n_out):
-                tt[i] = (grad_ys[i] * (pb.sign * pb.f(pb.t_out[i], ys[i], 0))).real.sum()
+                fi = field(pb.user_time(pb.t_out[i]), ys[i].view(1, -1))[0]
+                tt[i] = (grad_ys[i] * fi).real.sum()
             if n_out > 1:
-                tt[0] = -(a_z * (pb.sign * pb.f(t0, ys[0], 0))).real.sum()
+                tt[0] = -(a_z[0] * field(pb.user_time(pb.t_out[0]), ys[0].view(1, -1))[0]
+                          ).real.sum()
         grad_t = tt.to(t.dtype)
-    grad_y0 = a_z + grad_ys[0] if n_out > 1 else grad_ys[0].clone()
+    grad_y0 = a_z + grad_ys[0].view(1, -1) if n_out > 1 else grad_ys[0].view(1, -1).clone()
     it = iter(grad_p)
     grad_params = [next(it) if w else None for w in needs[3:3 + len(params)]]
     return (grad_y0 if needs[1] else None), grad_t, *grad_params
@@ -209,15 +202,15 @@ def odeint_reversible(func: Callable, y0, t, *, rtol: float | Tensor = 1e-7,
                       adjoint_params: Sequence[Tensor] | None = None):
     """:func:`neurode.odeint` with ALF and MALI's reversible gradient (constant memory).
 
-    Solves with the asynchronous leapfrog method (``method="alf"``, the only one supported; see
-    :mod:`neurode.solvers.alf` for its options, e.g. ``eta`` or ``step_size``). The gradient is
-    that of the discrete ALF solve, computed by reconstructing the trajectory backwards from the
-    final state (module docstring), so it equals backprop through
-    ``neurode.odeint(func, y0, t, method="alf", ...)`` to rounding while storing no states.
+    Solves with the asynchronous leapfrog method (``method="alf"``, the only one supported; its
+    options include ``eta`` and ``step_size``). The gradient is that of the discrete ALF solve,
+    computed by reconstructing the trajectory backwards from the final state (module docstring),
+    so it equals backprop through ``neurode.odeint(func, y0, t, method="alf", ...)`` to rounding
+    while storing no states.
 
     Args:
         func, y0, t, rtol, atol, options: as :func:`neurode.odeint` (tuple states and decreasing
-            ``t`` are supported).
+            ``t`` are supported; ``jump_t`` is not: restarting ``v`` at a jump is not invertible).
         method: ``"alf"`` (or None).
         adjoint_params: the tensors to differentiate ``func`` with respect to (default
             ``func.parameters()``, so ``func`` must then be an ``nn.Module``); ``()`` for none.
@@ -232,14 +225,17 @@ def odeint_reversible(func: Callable, y0, t, *, rtol: float | Tensor = 1e-7,
         raise InvalidInputError(
             f"odeint_reversible needs an invertible step and supports method='alf' only, got "
             f"{method!r}; use odeint_checkpoint or odeint_adjoint for other methods")
-    params = _resolve_params(func, adjoint_params)
+    params = resolve_params(func, adjoint_params)
     pb = make_problem(func, y0, t, rtol, atol, method, options)
-    cfg = alf_config(pb)
-    needs_grad = torch.is_grad_enabled() and (
-        pb.y0.requires_grad or pb.t.requires_grad or any(p.requires_grad for p in params))
-    if not needs_grad:
+    if pb.jump_t:
+        raise InvalidInputError(
+            "odeint_reversible does not take options['jump_t']: restarting v = f(t+, y) after a "
+            "jump cannot be inverted; use odeint_checkpoint or odeint_adjoint")
+    if pb.per_sample:
+        raise InvalidInputError("odeint_reversible solves joint problems only")
+    if not needs_grad(pb.y0, pb.t, params):
         return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
-    spec = _Spec(pb, cfg)
+    spec = _Spec(pb)
     spec.param_names = param_names(func, params)
     ys = _ReversibleSolve.apply(spec, pb.y0, pb.t, *params)
-    return pb.unflatten(ys.reshape(ys.shape[0], -1)) if pb.is_tuple else ys
+    return pb.layout.trajectory(ys.unsqueeze(1))

@@ -1,5 +1,6 @@
 """Public entry points of the solvers: ``odeint`` (torchdiffeq-compatible), ``odeint_dense`` and
-``solve_ivp`` (neurode's richer API returning a :class:`Solution`)."""
+``solve_ivp`` (neurode's richer API returning a :class:`Solution`), and :func:`integrate`, the one
+function that runs any registered method on a :class:`~neurode.solvers.problem.Problem`."""
 
 from __future__ import annotations
 
@@ -10,145 +11,119 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from neurode.errors import (
-    InvalidInputError,
-    NonFiniteStateError,
-)
-from neurode.solvers.adaptive import (
-    AdaptiveConfig,
-    LoopResult,
-    config_from_options,
-    integrate_adaptive,
-)
-from neurode.solvers.fixed import integrate_adams, integrate_fixed, make_grid
+from neurode.errors import InvalidInputError, Status
+from neurode.solvers.backends.scipy import run_scipy
+from neurode.solvers.loops.adaptive import AdaptiveLoop
+from neurode.solvers.loops.common import LoopResult, failure, warn_unused_callbacks
+from neurode.solvers.loops.fixed import FixedLoop, alf_grid, make_grid
 from neurode.solvers.problem import Problem, make_problem
-from neurode.solvers.rk import get_stepper
+from neurode.solvers.quadrature import Quadrature
 from neurode.solvers.solution import DenseOutput, Solution, Stats
+from neurode.solvers.steppers.base import hermite
 
-__all__ = ["odeint", "odeint_dense", "solve_ivp"]
+__all__ = ["grid_of", "integrate", "odeint", "odeint_dense", "raise_failure", "solve_ivp"]
 
 State = Tensor | tuple[Tensor, ...]
 Func = Callable[[Tensor, Any], Any]
 
 
-def _adaptive_config(pb: Problem) -> AdaptiveConfig:
-    return config_from_options(pb.options, pb.rtol, pb.atol, norm=pb.norm, sign=pb.sign)
-
-
-def _grid(pb: Problem) -> list[float]:
-    o = pb.options
-    gc = o.get("grid_constructor")
-    step_size = o.get("step_size")
-    if gc is not None and step_size is not None:
-        raise InvalidInputError("options: give step_size or grid_constructor, not both")
-    grid = None
-    if gc is not None:
+def grid_of(pb: Problem) -> list[float]:
+    """The fixed grid of ``pb``'s method (internal forward time)."""
+    if pb.opts.alf is not None:
+        return alf_grid(pb.t_out, pb.opts.alf.step_size)
+    g = pb.opts.grid
+    explicit = None
+    if g.grid_constructor is not None:
         t_int = torch.tensor(pb.t_out, dtype=torch.float64)
+        sign = pb.sign
 
         def func_int(tt, y):
-            return pb.f(float(tt), y, 0)
+            out = pb.field(pb.user_time(float(tt)), y.reshape(1, -1))
+            return (sign * out).reshape(y.shape)
 
-        g = gc(func_int, pb.y0, t_int)
-        grid = torch.as_tensor(g, dtype=torch.float64).reshape(-1).tolist()
-    return make_grid(pb.t_out, None if step_size is None else float(step_size), grid)
+        y0 = pb.y0[0] if pb.is_tuple else pb.layout.to_user(pb.y0)
+        explicit = torch.as_tensor(g.grid_constructor(func_int, y0, t_int),
+                                   dtype=torch.float64).reshape(-1).tolist()
+    return make_grid(pb.t_out, g.step_size, explicit)
 
 
-def _integrate(pb: Problem, record_dense: bool = False, quad=None) -> LoopResult:
-    """Run ``pb``'s method. ``quad`` (a :class:`~neurode.solvers.quadrature.Quadrature`) is
-    supported by the Runge–Kutta loops only (``kind`` ``"adaptive"`` or ``"fixed"``)."""
+def integrate(pb: Problem, *, record: str | None = None, quad: Quadrature | None = None,
+              event_fn=None, per_sample_record: bool = False) -> LoopResult:
+    """Run ``pb``'s method and return the :class:`LoopResult` (failures are statuses, not raised).
+
+    ``record``: ``"steps"`` or ``"dense"`` (joint solves); ``quad``: quadratures beside the state
+    (Runge–Kutta methods); ``event_fn``: integrate until it crosses zero; ``per_sample_record``:
+    the per-sample adjoint's step log.
+    """
     spec = pb.method
-    o = pb.options
-    if quad is not None and spec.kind not in ("adaptive", "fixed"):
+    loop = spec.loop(pb.opts)
+    if quad is not None and (spec.tableau is None or loop == "scipy"
+                             or not hasattr(spec.tableau, "fsal")):
         raise InvalidInputError(f"method {spec.name!r} does not integrate quadratures")
-    if spec.kind == "adaptive":
-        return integrate_adaptive(pb.f, pb.y0, pb.t_out, get_stepper(spec.tableau),
-                                  _adaptive_config(pb), callbacks=pb.callbacks,
-                                  record_dense=record_dense, time_sign=pb.sign, quad=quad)
-    interp = o.get("interp", "linear")
-    if interp not in ("linear", "cubic"):
-        raise InvalidInputError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}")
-    grid = _grid(pb)
-    if spec.kind == "fixed":
-        return integrate_fixed(pb.f, pb.y0, pb.t_out, grid, get_stepper(spec.tableau),
-                               interp=interp, perturb=bool(o.get("perturb", False)),
-                               callbacks=pb.callbacks, record_dense=record_dense, quad=quad)
-    if spec.kind == "adams":
-        max_order = int(o.get("max_order", spec.params["max_order"]))
-        return integrate_adams(pb.f, pb.y0, pb.t_out, grid, max_order=max_order,
-                               implicit=spec.params["implicit"],
-                               max_iters=int(o.get("max_iters", 4)), rtol=pb.rtol, atol=pb.atol,
-                               norm=pb.norm, interp=interp, callbacks=pb.callbacks,
-                               record_dense=record_dense)
-    return spec.runner(pb, record_dense)
+    if loop == "scipy":
+        return run_scipy(pb, record=record, event_fn=event_fn)
+    stepper = spec.stepper(pb)
+    if loop == "adaptive":
+        res = AdaptiveLoop(pb, stepper, record=record, quad=quad, event_fn=event_fn,
+                           t_end=math.inf if event_fn is not None else None,
+                           per_sample_record=per_sample_record).run()
+    else:
+        warn_unused_callbacks(pb, rejects=False)
+        step = None
+        if event_fn is not None:
+            step = pb.opts.alf.step_size if pb.opts.alf is not None else pb.opts.grid.step_size
+            if step is None:
+                raise InvalidInputError(
+                    f"events with the fixed-step method {spec.name!r} need options['step_size']")
+            grid = None
+        else:
+            grid = grid_of(pb)
+        g = pb.opts.grid
+        res = FixedLoop(pb, stepper, grid, interp=g.interp if g is not None else "linear",
+                        perturb=g.perturb if g is not None else False, record=record, quad=quad,
+                        event_fn=event_fn, step=step).run()
+    res.extra["stepper"] = stepper
+    res.extra["loop"] = loop
+    return res
 
 
-def _nonfinite_fixed(pb: Problem, ys: Tensor) -> NonFiniteStateError | None:
-    """After a fixed-grid solve: one host sync to see whether any output is non-finite.
+def raise_failure(pb: Problem, res: LoopResult) -> None:
+    """Raise the named error of a failed solve (no-op on success)."""
+    err = failure(pb, res, None if pb.per_sample else pb.t_out[-1])
+    if err is not None:
+        raise err
 
-    Only on failure is the solve repeated (without graph) to find the grid step where the first
-    non-finite value appeared, so the error names that step rather than the next output time.
-    """
+
+def _time_grad_start(pb: Problem) -> Problem:
+    """``y0 − (t0 − stop_grad(t0))·f(t0, y0)``: backprop through the steps then applies
+    ``∂y(t_i)/∂t_0 = −Φ(t_i, t_0) f(t_0, y_0)`` (see :func:`_solve`)."""
+    t = pb.t.to(pb.time_dtype)
     with torch.no_grad():
-        if bool(torch.isfinite(ys.sum())):  # one reduction; exact row check only on failure
-            return None
-        bad = ~torch.isfinite(ys.reshape(ys.shape[0], -1)).all(dim=1)
-        if not bool(bad.any()):
-            return None
-        i = int(bad.nonzero()[0, 0])
-        t_a, t_b = pb.sign * pb.t_out[max(i - 1, 0)], pb.sign * pb.t_out[i]
-        rec = _integrate(pb, record_dense=True).dense
-        for t0, h, y0, data in zip(rec.t, rec.h, rec.y, rec.ks, strict=True):
-            if not all(bool(torch.isfinite(x).all()) for x in (y0, *data) if x is not None):
-                t_a, t_b = pb.sign * t0, pb.sign * (t0 + h)
-                break
-    return NonFiniteStateError(
-        f"non-finite value (NaN or inf) appeared in the step from t={t_a:.6g} to t={t_b:.6g}; "
-        "reduce the step size or check func", t=t_a, dt=t_b - t_a)
+        f0 = pb.field(pb.user_time(pb.t_out[0]), pb.y0)
+    return pb.with_y0(pb.y0 - (t[0] - t[0].detach()) * f0)
 
 
-def _assemble(pb: Problem, res: LoopResult, throw: bool) -> Tensor:
-    n = len(pb.t_out)
-    if res.status < 0 and throw:
-        raise res.error
-    ys = res.ys
-    if len(ys) < n:  # failed solve inspected by the caller: pad with NaN
-        pad = torch.full_like(pb.y0, math.nan)
-        ys = ys + [pad] * (n - len(ys))
-    out = torch.stack(ys)
-    if pb.method.kind != "adaptive" and res.status >= 0:
-        # The adaptive loop sees NaN/inf through its error ratio; fixed grids check once here.
-        err = _nonfinite_fixed(pb, out)
-        if err is not None:
-            if throw:
-                raise err
-            res.status, res.message, res.error = -3, str(err), err
-    return out
+def _solve(pb: Problem, record: str | None, throw: bool) -> tuple[LoopResult, Tensor]:
+    """Integrate and assemble the ``(T, B, N)`` outputs; gradients w.r.t. the times if ``t``
+    needs them.
 
-
-def _solve(pb: Problem, record_dense: bool, throw: bool) -> tuple[LoopResult, Tensor]:
-    """Integrate and assemble ``(T, N)`` outputs; gradients w.r.t. the times if ``t`` needs them.
-
-    Steps are chosen on host floats, so autograd alone would not see ``t``. When ``t`` requires
-    grad, the exact sensitivities of the continuous solution are attached instead:
-    ``∂y(t_i)/∂t_i = f(t_i, y(t_i))`` and ``∂y(t_i)/∂t_0 = −Φ(t_i, t_0) f(t_0, y_0)``, the latter by
-    starting from ``y0 − (t0 − stop_grad(t0))·f(t0, y0)`` so backprop through the steps applies
-    ``Φ``. Costs one evaluation per output time, and only when ``t.requires_grad``.
+    Steps are chosen on the device from floats that carry no graph, so autograd alone would not
+    see ``t``. When ``t`` requires grad, the exact sensitivities of the continuous solution are
+    attached: ``∂y(t_i)/∂t_i = f(t_i, y(t_i))`` and ``∂y(t_i)/∂t_0 = −Φ(t_i, t_0) f(t_0, y_0)``.
+    Costs one evaluation per output time, and only when ``t.requires_grad``.
     """
-    time_grad = pb.t.requires_grad and torch.is_grad_enabled()
-    y0 = pb.y0
+    time_grad = pb.t.requires_grad and torch.is_grad_enabled() and not pb.per_sample
+    run_pb = _time_grad_start(pb) if time_grad else pb
+    res = integrate(run_pb, record=record)
+    if throw:
+        raise_failure(pb, res)
+    out = res.ys
     if time_grad:
         t = pb.t.to(pb.time_dtype)
-        with torch.no_grad():
-            f0 = pb.sign * pb.f(pb.t_out[0], y0, 0)
-        pb.y0 = y0 - (t[0] - t[0].detach()) * f0
-    res = _integrate(pb, record_dense)
-    out = _assemble(pb, res, throw)
-    if time_grad:
-        pb.y0 = y0
-        rows = [y0]
+        rows = [pb.y0]
         for i in range(1, out.shape[0]):
             with torch.no_grad():
-                fi = pb.sign * pb.f(pb.t_out[i], out[i], 0)
+                fi = pb.field(pb.user_time(pb.t_out[i]), out[i])
             rows.append(out[i] + (t[i] - t[i].detach()) * fi)
         out = torch.stack(rows)
     return res, out
@@ -166,7 +141,7 @@ def odeint(func: Func, y0: State, t: Tensor, *, rtol: float | Tensor = 1e-7,
             ``dy/dt`` of the same shape, dtype and device.
         y0: initial state, a tensor of any shape (float32/64, complex64/128) or a tuple of them.
         t: 1-D tensor of times, strictly increasing or strictly decreasing; ``t[0]`` is the
-            initial time.
+            initial time. Per-sample mode (``options={"per_sample": True}``) also takes ``(B, T)``.
         rtol, atol: relative and absolute tolerance of adaptive methods (floats, or tensors
             broadcastable to ``y0``).
         method: one of ``neurode.METHODS`` (default ``"dopri5"``).
@@ -183,35 +158,74 @@ def odeint(func: Func, y0: State, t: Tensor, *, rtol: float | Tensor = 1e-7,
         SolverError subclasses: the integration failed (the message says where).
     """
     if event_fn is not None:
-        from neurode.solvers.events import integrate_event
-
         return integrate_event(func, y0, t, event_fn, rtol=rtol, atol=atol, method=method,
                                options=options)
-    if options is not None and "per_sample" in options:
-        if options["per_sample"]:
-            return _per_sample(func, y0, t, method, rtol, atol, options, throw=True).ys
-        options = {k: v for k, v in options.items() if k != "per_sample"}
     pb = make_problem(func, y0, t, rtol, atol, method, options)
-    _, out = _solve(pb, record_dense=False, throw=True)
-    return pb.unflatten(out.reshape(out.shape[0], -1)) if pb.is_tuple else out
+    _, out = _solve(pb, None, throw=True)
+    return pb.layout.trajectory(out)
 
 
-def _per_sample(func, y0, t, method, rtol, atol, options, throw: bool) -> Solution:
-    """Per-sample stepping (:mod:`neurode.solvers.batched`) behind the public functions."""
-    from neurode.solvers.batched import integrate_per_sample
+def integrate_event(func, y0, t, event_fn, *, rtol=1e-7, atol=1e-9, method=None, options=None,
+                    callback_suffix: str = ""):
+    """Integrate from ``t[0]`` until ``event_fn(t, y)`` is zero; return ``(event_t, solution)``.
 
-    r = integrate_per_sample(func, y0, t, method="dopri5" if method is None else method,
-                             rtol=rtol, atol=atol, options=options)
-    stats = Stats(nfe=r.nfe, n_steps=r.n_steps, n_accepted=r.n_accepted,
-                  n_rejected=r.n_rejected)
-    status, message = 0, "success"
-    failure = r.failure(options)
-    if failure is not None:
-        if throw:
-            raise failure[1]
-        status, message = failure[0], str(failure[1])
-    return Solution(ts=t, ys=r.ys, stats=stats, status=status, message=message,
-                    sample_status=r.status)
+    Only ``t[0]`` is used, and ``t[1]`` (if present) for the direction of time, as in torchdiffeq.
+    ``solution`` is ``(2, *y0.shape)``: the state at ``t[0]`` and at the event. Every method
+    locates events (the loops share the mechanism); fixed-grid methods need ``step_size``.
+    """
+    if not callable(event_fn):
+        raise InvalidInputError("event_fn must be callable as event_fn(t, y) -> tensor")
+    t = torch.as_tensor(t)
+    if t.ndim != 1 or t.numel() < 1:
+        raise InvalidInputError("t must be a 1-D tensor whose first entry is the initial time")
+    t_dir = t[:2] if t.numel() >= 2 else torch.stack([t[0], t[0] + 1])
+    pb = make_problem(func, y0, t_dir, rtol, atol, method, options,
+                      callback_suffix=callback_suffix)
+    if pb.per_sample:
+        raise InvalidInputError("events are not available in per-sample mode")
+    pb = pb.__class__(**{**pb.__dict__, "t_out": pb.t_out[:1]})
+    res = integrate(pb, event_fn=event_fn)
+    if res.event is None:
+        raise_failure(pb, res)
+        raise InvalidInputError("no event found")
+    s_ev, y_ev, _ = res.event
+    sol = pb.layout.trajectory(torch.stack([pb.y0, y_ev.reshape(pb.y0.shape)]))
+    event_t = torch.tensor(pb.sign * s_ev, dtype=pb.t.dtype, device=pb.t.device)
+    return event_t, sol
+
+
+def _stats(res: LoopResult, per_sample: bool) -> Stats:
+    if per_sample:
+        return Stats(nfe=res.nfe, n_steps=res.n_steps, n_accepted=res.n_accepted,
+                     n_rejected=res.n_rejected)
+    return Stats(nfe=int(res.nfe), n_steps=int(res.n_steps[0]),
+                 n_accepted=int(res.n_accepted[0]), n_rejected=int(res.n_rejected[0]),
+                 n_jac=res.n_jac, n_lu=res.n_lu)
+
+
+def _dense(pb: Problem, res: LoopResult) -> DenseOutput:
+    rec = res.record
+    stepper = res.extra["stepper"]
+    sign = pb.sign
+    adaptive = res.extra["loop"] == "adaptive"
+
+    def interp(i: int, thetas: list[float]) -> list[Tensor]:
+        y, y1, d, h = rec.y[i], rec.y1[i], rec.dense[i], rec.h[i]
+        inner = [th for th in thetas if th != 1.0]
+        vals = []
+        if inner:
+            if adaptive:
+                vals = list(stepper.interpolate(y, y1, d, sign * h, inner).unbind(0))
+            else:
+                f0, f1 = d
+                vals = [hermite(y[0], f0[0], y1[0], f1[0], sign * h, th) for th in inner]
+        it = iter(vals)
+        return [y1[0] if th == 1.0 else next(it) for th in thetas]
+
+    end = float(res.t_final[0])
+    y_end = res.extra["y_final"][0]
+    return DenseOutput(rec.t, rec.h, interp, (pb.t_out[0], end), sign,
+                       lambda ys: pb.layout.trajectory(ys.unsqueeze(1)), y_end, pb.is_tuple)
 
 
 def solve_ivp(func: Func, y0: State, t_eval: Tensor, *, method: str = "dopri5",
@@ -230,28 +244,23 @@ def solve_ivp(func: Func, y0: State, t_eval: Tensor, *, method: str = "dopri5",
         per_sample: give every sample of a batch ``y0`` ``(B, ...)`` its own step sizes (also
             ``options={"per_sample": True}``): ``t_eval`` may then be ``(B, T)``, ``func``
             receives ``t`` as a ``(B,)`` tensor, ``ys`` is ``(T, B, ...)`` and the statistics
-            are per sample (see :mod:`neurode.solvers.batched`).
+            are per sample.
     """
-    if per_sample or (options is not None and options.get("per_sample", False)):
-        if dense:
-            raise InvalidInputError("dense=True is not available in per-sample mode; pass the "
-                                    "times you need in t_eval (interpolated per step)")
-        return _per_sample(func, y0, t_eval, method, rtol, atol,
-                           {**(options or {}), "per_sample": True}, throw)
-    if options is not None and "per_sample" in options:
-        options = {k: v for k, v in options.items() if k != "per_sample"}
-    pb = make_problem(func, y0, t_eval, rtol, atol, method, options)
-    res, out = _solve(pb, record_dense=dense, throw=throw)
-    ys = pb.unflatten(out.reshape(out.shape[0], -1)) if pb.is_tuple else out
-    stats = Stats(nfe=res.nfe, n_steps=res.n_steps, n_accepted=res.n_accepted,
-                  n_rejected=res.n_rejected, n_jac=res.n_jac, n_lu=res.n_lu)
-    dense_out = None
-    if dense:
-        stepper = get_stepper(pb.method.tableau) if pb.method.kind == "adaptive" else None
-        dense_out = DenseOutput(res.dense, stepper, pb.t_out[0], res.t_final, pb.sign,
-                                pb.unflatten if pb.is_tuple else (lambda x: x), res.ys[-1])
-    return Solution(ts=pb.t, ys=ys, stats=stats, status=res.status, message=res.message,
-                    dense=dense_out)
+    pb = make_problem(func, y0, t_eval, rtol, atol, method, options,
+                      per_sample=True if per_sample else None)
+    if dense and pb.per_sample:
+        raise InvalidInputError("dense=True is not available in per-sample mode; pass the "
+                                "times you need in t_eval (interpolated per step)")
+    res, out = _solve(pb, "dense" if dense else None, throw=throw)
+    err = failure(pb, res, None if pb.per_sample else pb.t_out[-1])
+    status, message = 0, Status.SUCCESS.message
+    if err is not None:
+        status = int(res.status[res.status < 0][0])
+        message = str(err)
+    return Solution(ts=pb.t, ys=pb.layout.trajectory(out), stats=_stats(res, pb.per_sample),
+                    status=status, message=message,
+                    dense=_dense(pb, res) if dense and res.record is not None else None,
+                    sample_status=res.status if pb.per_sample else None)
 
 
 def odeint_dense(func: Func, y0: State, t0, t1, *, rtol: float | Tensor = 1e-7,
@@ -259,8 +268,8 @@ def odeint_dense(func: Func, y0: State, t0, t1, *, rtol: float | Tensor = 1e-7,
                  options: dict[str, Any] | None = None) -> DenseOutput:
     """Solve from ``t0`` to ``t1`` and return the dense solution as a callable ``y(t)``.
 
-    As in torchdiffeq's newer releases; works for every method (not only dopri5) and for tuple
-    states. The callable accepts a scalar or a 1-D tensor of times in ``[t0, t1]``.
+    As in torchdiffeq's newer releases; works for every method but ``scipy_solver`` and for
+    tuple states. The callable accepts a scalar or a 1-D tensor of times in ``[t0, t1]``.
     """
     t = torch.stack([torch.as_tensor(t0, dtype=torch.float64).reshape(()),
                      torch.as_tensor(t1, dtype=torch.float64).reshape(())])

@@ -1,129 +1,163 @@
-"""Step-size control: error norms, the PID controller and the initial step heuristic.
+"""Step-size control over tensors: the PID controller and the initial-step heuristic.
 
-All decisions are made on Python floats: the loop asks the host for one number per step (the
-error ratio), which the accept/reject decision needs anyway, and everything else follows on
-the host without touching the device again.
+The controller's arithmetic runs on a scalar back end (:mod:`neurode.solvers.scalars`): ``(B,)``
+tensors that are never read on the host (``B = 1`` for a joint solve), so the adaptive loop can
+queue many steps without a synchronisation, or one row of floats on the host. The initial step
+works on ``(B,)`` tensors.
+
+One order convention for every adaptive method: a stepper's ``error_order`` ``p̂`` is the order of
+its local error estimate (``err = O(h^p̂)``), and steps scale like ``ratio^(−1/p̂)``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["PIDController", "error_ratio", "initial_step", "make_mixed_norm", "rms_norm"]
+__all__ = ["ControllerState", "PIDController", "initial_step"]
 
-Norm = Callable[[Tensor], Tensor]
-
-
-def rms_norm(x: Tensor) -> Tensor:
-    """Root mean square ``sqrt(mean(|x|²))`` (Hairer's norm), as a 0-d real tensor."""
-    n = x.numel()
-    if n == 0:
-        return torch.zeros((), dtype=x.real.dtype, device=x.device)
-    return torch.linalg.vector_norm(x) * (1.0 / math.sqrt(n))
+_F64 = torch.float64
 
 
-def make_mixed_norm(sizes: Sequence[int]) -> Norm:
-    """Norm of a flattened tuple state: the maximum of the per-component RMS norms.
+@dataclass
+class ControllerState:
+    """Per-row memory of the controller: ``history``, the safety factor times the history term
+    ``ε_{n−1}^β₂ ε_{n−2}^β₃`` of the last accepted ratios; ``prev``, the last accepted ratio (for
+    the derivative term); ``cap``, the bound on the next accepted step's growth (``ifactor``, or
+    1 right after a rejection)."""
 
-    This is torchdiffeq's default for tuple states: no component can hide its error behind a
-    larger one.
-    """
-    sizes = list(sizes)
-
-    def mixed_norm(x: Tensor) -> Tensor:
-        parts = torch.split(x, sizes)
-        return torch.stack([rms_norm(p) for p in parts]).max()
-
-    return mixed_norm
-
-
-def error_ratio(err: Tensor, err_low: Tensor | None, y0_abs: Tensor, y1: Tensor,
-                rtol, atol, norm: Norm) -> tuple[Tensor, Tensor]:
-    """``norm(err / (atol + rtol·max(|y0|, |y1|)))``; ≤ 1 means the step is accepted.
-
-    Returns the ratio (0-d tensor) and ``|y1|`` (reused as ``|y0|`` of the next step).
-    With a second, lower-order estimate (DOP853) the two are blended as in Hairer's dop853.f:
-    ``r5² / sqrt(r5² + 0.01 r3²)``, an estimate that behaves like the method's own order.
-    """
-    y1_abs = y1.abs()
-    scale = torch.maximum(y0_abs, y1_abs).mul_(rtol).add_(atol)
-    r = norm(err.div_(scale))
-    if err_low is not None:
-        r3 = norm(err_low.div_(scale))
-        d = torch.sqrt(r * r + 0.01 * r3 * r3)
-        r = torch.where(d > 0, r * r / d, d)
-    return r, y1_abs
+    history: Tensor
+    prev: Tensor
+    cap: Tensor
 
 
 class PIDController:
     """PID step-size controller (Söderlind 2003; Hairer & Wanner II.4 for the PI special case).
 
-    ``h_new = h · safety · ε_n^(−(p+i+d)/k) · ε_{n−1}^((p+2d)/k) · ε_{n−2}^(−d/k)``, clipped to
-    ``[dfactor, ifactor]``, with ``ε`` the error ratio and ``k`` the order of the error estimate.
-    ``i = 1, p = d = 0`` is the classic integral (elementary) controller. After a rejection the
-    next step may not grow, and a rejected step shrinks by the integral term alone.
+    ``h_new = h · safety · ε_n^(−(p+i+d)/k) · ε_{n−1}^((p+2d)/k) · ε_{n−2}^(−d/k)`` on acceptance,
+    clipped to ``[dfactor, ifactor]`` (to ``[dfactor, 1]`` right after a rejection), with ``ε`` the
+    error ratio and ``k`` the stepper's ``error_order``. A rejected step shrinks by the integral
+    term alone, ``safety · ε^(−1/k)`` clipped to ``[dfactor, 0.9]``, or by ``dfactor`` when the
+    ratio is not finite. The result is clipped to ``[min_step, max_step]``. ``i = 1, p = d = 0`` is
+    the classic integral controller. The arithmetic runs on a scalar back end
+    (:mod:`neurode.solvers.scalars`): ``(B,)`` tensors, or one row of floats on the host.
     """
 
-    def __init__(self, k: int, *, safety: float = 0.9, ifactor: float = 10.0,
+    def __init__(self, error_order: int, *, safety: float = 0.9, ifactor: float = 10.0,
                  dfactor: float = 0.2, pcoeff: float = 0.1, icoeff: float = 1.0,
                  dcoeff: float = 0.0, min_step: float = 0.0, max_step: float = math.inf):
-        self.k = k
-        self.safety = safety
-        self.ifactor = ifactor
-        self.dfactor = dfactor
-        self.min_step = min_step
-        self.max_step = max_step
+        k = float(error_order)
+        self.error_order = error_order
+        self.safety, self.ifactor, self.dfactor = safety, ifactor, dfactor
+        self.min_step, self.max_step = min_step, max_step
         self.e1 = -(pcoeff + icoeff + dcoeff) / k
         self.e2 = (pcoeff + 2 * dcoeff) / k
         self.e3 = -dcoeff / k
+        self.e_reject = -1.0 / k
         self.use_history = pcoeff != 0.0 or dcoeff != 0.0
-        self.prev1 = 1.0
-        self.prev2 = 1.0
-        self.rejected_last = False
+        self.use_prev2 = dcoeff != 0.0
 
-    def propose(self, h: float, ratio: float, accepted: bool) -> float:
-        """The next step size after a step of size ``h`` with error ratio ``ratio`` (> 0 floats)."""
-        if accepted:
-            if ratio == 0.0:
-                factor = self.ifactor
-            else:
-                r = max(ratio, 1e-10)
-                factor = self.safety * r ** self.e1
-                if self.use_history:
-                    factor *= self.prev1 ** self.e2 * self.prev2 ** self.e3
-                factor = min(self.ifactor, max(self.dfactor, factor))
-            if self.rejected_last:
-                factor = min(factor, 1.0)
-            self.prev2 = self.prev1
-            self.prev1 = max(ratio, 1e-4)
-            self.rejected_last = False
+    def init_state(self, S, batch: int) -> ControllerState:
+        """The memory of a fresh start (``S`` a scalar back end)."""
+        if S.host:
+            return ControllerState(history=self.safety, prev=1.0, cap=self.ifactor)
+        ones = torch.ones(batch, dtype=S.rdtype, device=S.device)
+        return ControllerState(history=ones * self.safety, prev=ones, cap=ones * self.ifactor)
+
+    def update(self, S, ratio, dt, h, state: ControllerState, done, landing, *,
+               safety: float | None = None, hold=None, failed=None):
+        """Accept/reject each row and propose its next step (``S`` the scalar back end).
+
+        Args:
+            ratio: the error ratios of the attempted steps (NaN/inf reject).
+            dt: the sizes of the attempted steps (0 for rows that are done).
+            h: the step sizes that were planned (``dt`` is smaller when a step was cut short to
+                land on a stop).
+            state: the rows' :class:`ControllerState`.
+            done: rows no longer integrating: never accepted, ``h`` and ``state`` kept.
+            landing: the step was cut to land on a stop. An accepted landing step keeps at least
+                the planned ``h`` for the next: its size says little about the next one.
+            safety: a safety factor for this step replacing the configured one (implicit
+                methods lower it when Newton needed many iterations).
+            hold: keep ``h`` unchanged on acceptance when the proposed growth is below 20 %
+                (implicit methods, to reuse their factorisations; Hairer & Wanner IV.8).
+            failed: rows whose stage solve failed (Newton): the step is halved.
+
+        Returns:
+            ``(accept, h_next, state)``.
+        """
+        r, where = S.r, S.where
+        ok = ratio <= r(1.0)
+        if self.min_step > 0:
+            # A step pinned at min_step is accepted whatever its error (it cannot shrink), but
+            # never a non-finite one. h, not dt: dt = t_new − t may round to just above min_step.
+            ok = (ok | (S.minimum(h, dt) <= S.t(self.min_step))) & S.finite(ratio)
+        accept = ok & S.not_(done)
+        rc = S.maximum(ratio, r(1e-10))
+        # One power for both branches: accepted rows use the full PID exponent and history
+        # (which carries the safety factor), rejected rows the integral exponent alone.
+        sf = self.safety if safety is None else safety
+        if self.use_history:
+            hist = state.history if safety is None else state.history * (safety / self.safety)
+            mult = where(accept, hist, r(sf))
         else:
-            if math.isfinite(ratio):
-                factor = max(self.dfactor, min(0.9, self.safety * ratio ** (-1.0 / self.k)))
-            else:
-                factor = self.dfactor
-            self.rejected_last = True
-        return min(self.max_step, max(self.min_step, h * factor))
+            mult = r(sf)
+        fac = S.pow(rc, where(accept, r(self.e1), r(self.e_reject))) * mult
+        fac = S.nan_to(S.clamp(fac, r(self.dfactor), where(accept, state.cap, r(0.9))),
+                       self.dfactor)
+        if hold is not None:
+            fac = where(accept & hold & (fac < r(1.2)) & S.not_(landing), r(1.0), fac)
+        if failed is not None:
+            fac = where(failed, r(0.5), fac)
+        h_new = dt * S.to_time(fac, dt)
+        if self.min_step > 0 or self.max_step < math.inf:
+            h_new = S.clamp(h_new, S.t(self.min_step), S.t(self.max_step))
+        # keep at least the planned h after an accepted landing step, and all of it when done
+        # (dt = 0 there); h ≤ max_step already
+        h_new = where((accept & landing) | done, S.maximum(h_new, h), h_new)
+        history, prev = state.history, state.prev
+        if self.use_history:
+            rp = S.maximum(rc, r(1e-4))
+            new_hist = S.pow(rp, self.e2) * r(self.safety)
+            if self.use_prev2:
+                new_hist = new_hist * S.pow(state.prev, self.e3)
+                prev = where(accept, rp, prev)
+            history = where(accept, new_hist, history)
+        # the next accepted step may not grow right after a rejection (rows that are done keep
+        # theirs: they may go on after a jump)
+        cap = where(accept, r(self.ifactor), where(done, state.cap, r(1.0)))
+        return accept, h_new, ControllerState(history=history, prev=prev, cap=cap)
 
 
-def initial_step(f: Callable[[float, Tensor, int], Tensor], t0: float, y0: Tensor, f0: Tensor,
-                 order: int, rtol, atol, norm: Norm) -> tuple[float, int]:
-    """Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4: a first step from two evaluations.
+def initial_step(f_eval, t0: Tensor, y0: Tensor, f0: Tensor, error_order: int, rtol, atol,
+                 norm, span: Tensor | None = None) -> Tensor:
+    """Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4: a first step per row, ``(B,)`` float64.
 
-    Returns ``(h0, nfe)``; costs one evaluation beyond ``f0``.
+    Costs one evaluation ``f_eval(t0 + h0, y0 + h0·f0)`` (``h0`` a ``(B,)`` tensor) beyond ``f0``.
+    The heuristic's absolute fallbacks (10⁻⁶ when the state or its derivative is tiny) are
+    scaled by ``max(1, |t0|)`` and the result is kept above 100 ulp of ``t0``, so that a problem
+    posed far from ``t = 0`` (``t0 = 10¹²``) does not start below the resolution of its time.
+    ``span`` (``(B,)``, optional) bounds the first step by the length of the interval.
     """
     with torch.no_grad():
-        scale = atol + y0.abs() * rtol
-        d0 = float(norm(y0 / scale))
-        d1 = float(norm(f0 / scale))
-        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-        y1 = y0 + h0 * f0
-        f1 = f(t0 + h0, y1, 0)
-        d2 = float(norm((f1 - f0) / scale)) / h0
-    m = max(d1, d2)
-    h1 = max(1e-6, h0 * 1e-3) if m <= 1e-15 else (0.01 / m) ** (1.0 / (order + 1))
-    return min(100 * h0, h1), 1
+        tscale = t0.abs().clamp_min(1.0)
+        rd = y0.real.dtype if y0.is_complex() else y0.dtype
+        scale = (y0.abs() * rtol).add_(atol)
+        d0 = norm(y0 / scale).to(_F64)
+        d1 = norm(f0 / scale).to(_F64)
+        tiny = (d0 < 1e-5) | (d1 < 1e-5)
+        h0 = torch.where(tiny, 1e-6 * tscale, 0.01 * d0 / d1.clamp_min(1e-300))
+        if span is not None:
+            h0 = torch.minimum(h0, span.clamp_min(1e-300))
+        h0r = h0.to(rd).view(-1, *([1] * (y0.ndim - 1)))
+        f1 = f_eval(t0, h0, y0 + h0r * f0)
+        d2 = norm((f1 - f0) / scale).to(_F64) / h0
+        m = torch.maximum(d1, d2)
+        h1 = torch.where(m <= 1e-15, torch.maximum(1e-6 * tscale, h0 * 1e-3),
+                         (0.01 / m.clamp_min(1e-300)) ** (1.0 / error_order))
+        h = torch.minimum(100 * h0, h1)
+        eps = torch.finfo(t0.dtype).eps
+        return torch.maximum(h, 100 * eps * tscale)

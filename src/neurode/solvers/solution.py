@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from neurode.errors import InvalidInputError
-from neurode.solvers.adaptive import DenseRecord
-from neurode.solvers.fixed import _hermite
-from neurode.solvers.rk import RKStepper
+from neurode.errors import InvalidInputError, Status
 
-__all__ = ["DenseOutput", "Solution", "Stats"]
+__all__ = ["STATUS_MESSAGES", "DenseOutput", "Solution", "Stats"]
 
-#: Status codes of :class:`Solution` (negative: failure).
-STATUS_MESSAGES = {0: "success", 1: "terminated by event", -1: "max_num_steps reached",
-                   -2: "step size underflow", -3: "non-finite state"}
+#: Status codes of :class:`Solution` and their meaning (see :class:`neurode.errors.Status`).
+STATUS_MESSAGES = {int(s): s.message for s in Status}
 
 
 @dataclass
@@ -42,57 +39,68 @@ class Stats:
 class DenseOutput:
     """The continuous solution ``y(t)`` between the steps a solve took.
 
-    Adaptive Runge–Kutta methods use their own continuous extension (4th order for dopri5 and
-    tsit5, 7th for dopri8, cubic Hermite otherwise); fixed-grid methods use cubic Hermite
-    interpolation through ``(y_n, f_n, y_{n+1}, f_{n+1})``. Call it with a scalar or 1-D tensor of
-    times inside the solved interval; returns ``(*y0.shape)`` or ``(len(t), *y0.shape)``.
+    Each accepted step answers from its method's own continuous extension (4th order for dopri5
+    and tsit5, 7th for dopri8, cubic Hermite for the others and on fixed grids). Call it with a
+    scalar or 1-D tensor of times inside the solved interval; returns ``(*y0.shape)`` or
+    ``(len(t), *y0.shape)`` (tuples for tuple states).
+
+    Args:
+        starts, sizes: each accepted step's start and size (internal forward time).
+        interp: ``interp(i, θs) -> [(N,), ...]``: the state at each ``θ ∈ [0, 1]`` of step ``i``.
+        t_span: the solved interval in internal time; ``sign``: the user's time direction.
+        unflatten: ``(T, N) → the user's structure``; ``y_end``: the state at the end ``(N,)``.
     """
 
-    def __init__(self, record: DenseRecord, stepper: RKStepper | None, t_start: float,
-                 t_end: float, sign: float, unflatten, y_final: Tensor):
-        self._rec = record
-        self._stepper = stepper
-        self._t0 = t_start
-        self._t1 = t_end
+    def __init__(self, starts: list[float], sizes: list[float],
+                 interp: Callable[[int, list[float]], list[Tensor]],
+                 t_span: tuple[float, float],
+                 sign: float, unflatten: Callable[[Tensor], object], y_end: Tensor,
+                 is_tuple: bool):
+        self._t = starts
+        self._h = sizes
+        self._interp = interp
+        self._t0, self._t1 = t_span
         self._sign = sign
         self._unflatten = unflatten
-        self._y_final = y_final
+        self._y_end = y_end
+        self._is_tuple = is_tuple
 
     @property
     def t_span(self) -> tuple[float, float]:
         """The interval covered, in the user's time."""
         return self._sign * self._t0, self._sign * self._t1
 
-    def _one(self, s: float) -> Tensor:
-        rec = self._rec
+    def _many(self, vals: list[float]) -> list[Tensor]:
+        """The state at the internal times ``vals``; the times that fall in one step are
+        interpolated together (as the solve's own outputs are, so both agree bit for bit)."""
         lo, hi = self._t0, self._t1
         tol = 1e-12 * max(1.0, abs(lo), abs(hi))
-        if not (lo - tol <= s <= hi + tol):
-            a, b = sorted(self.t_span)
-            raise InvalidInputError(
-                f"dense output asked at t={self._sign * s:.6g}, outside the solved interval "
-                f"[{a:.6g}, {b:.6g}]")
-        if not rec.t:
-            return self._y_final
-        i = max(0, min(bisect.bisect_right(rec.t, s) - 1, len(rec.t) - 1))
-        t0, h, y0, ks = rec.t[i], rec.h[i], rec.y[i], rec.ks[i]
-        th = min(1.0, max(0.0, (s - t0) / h))
-        if self._stepper is not None:
-            return self._stepper.interpolate(y0, ks, h, th)
-        f0, y1, f1 = ks
-        return _hermite(y0, f0, y1, f1, h, th)
+        for s in vals:
+            if not (lo - tol <= s <= hi + tol):
+                a, b = sorted(self.t_span)
+                raise InvalidInputError(
+                    f"dense output asked at t={self._sign * s:.6g}, outside the solved interval "
+                    f"[{a:.6g}, {b:.6g}]")
+        if not self._t:
+            return [self._y_end for _ in vals]
+        groups: dict[int, list[tuple[int, float]]] = {}
+        for k, s in enumerate(vals):
+            i = max(0, min(bisect.bisect_right(self._t, s) - 1, len(self._t) - 1))
+            groups.setdefault(i, []).append((k, min(1.0, max(0.0, (s - self._t[i]) / self._h[i]))))
+        out: list[Tensor | None] = [None] * len(vals)
+        for i, items in groups.items():
+            rows = self._interp(i, [th for _, th in items])
+            for (k, _), r in zip(items, rows, strict=True):
+                out[k] = r
+        return out
 
     def __call__(self, t) -> Tensor | tuple[Tensor, ...]:
         tt = torch.as_tensor(t, dtype=torch.float64)
         vals = [self._sign * v for v in tt.reshape(-1).tolist()]
-        out = torch.stack([self._one(s) for s in vals])
+        out = self._unflatten(torch.stack(self._many(vals)))
         if tt.ndim == 0:
-            out = out[0]
-            return self._unflatten(out[None])[0] if self._is_tuple() else out
-        return self._unflatten(out)
-
-    def _is_tuple(self) -> bool:
-        return not isinstance(self._unflatten(self._y_final[None]), Tensor)
+            return tuple(o[0] for o in out) if self._is_tuple else out[0]
+        return out
 
 
 @dataclass
@@ -100,12 +108,12 @@ class Solution:
     """Result of :func:`neurode.solve_ivp`.
 
     Attributes:
-        ts: the requested times ``(T,)``.
+        ts: the requested times ``(T,)`` (``(B, T)`` per sample, as given).
         ys: the solution at ``ts``, ``(T, *y0.shape)`` (a tuple of such for tuple ``y0``). Rows
             after a failure (``status < 0``) are NaN.
         stats: :class:`Stats`.
         status: 0 on success, 1 if an event ended the solve, negative on failure (see
-            :data:`STATUS_MESSAGES`).
+            :class:`neurode.errors.Status`).
         message: what happened, in words (where and why for failures).
         dense: a :class:`DenseOutput` when the solve was asked for one (``dense=True``).
         sample_status: per-sample mode only: ``(B,)`` int64 status of each sample (``status``

@@ -17,16 +17,16 @@ with ``r1 = Δy = hΣ b_j k_j``, ``r2 = h k_0 − Δy``, ``r3 = 2Δy − h(k_0 +
 
 Error estimates: ``b_error`` is ``b − b̂₅`` (embedded 5th-order weights) and ``b_error_low`` is
 ``b − b̂₃`` (3rd-order weights on stages 0, 8, 11). Hairer's combined estimate
-``err5² / sqrt(err5² + 0.01 err3²)`` behaves like ``O(h⁸)``, so the step-size controller uses the
-exponent 1/8, i.e. ``error_order = 7``.
+``err5² / sqrt(err5² + 0.01 err3²)`` behaves like ``O(h⁸)``, so ``embedded_order = 7`` and the
+step-size controller uses ``error_order = 8`` (the exponent 1/8).
 """
 
 from __future__ import annotations
 
 from fractions import Fraction
 
-from neurode.solvers import tableaux as _tableaux
-from neurode.solvers.tableaux import ButcherTableau, _padd, _pmul, _pscale, _rows_from_polys
+from neurode.solvers.tableau import ButcherTableau
+from neurode.solvers.tableaux._poly import padd, pmul, pscale, rows_from_polys
 
 __all__ = ["DOP853"]
 
@@ -267,7 +267,7 @@ def _dense_polys() -> list[list[Fraction]]:
     # Basis θ, θ(1−θ), θ²(1−θ), θ²(1−θ)², θ³(1−θ)², θ³(1−θ)³, θ⁴(1−θ)³.
     basis = [[0, 1]]
     for k in range(6):
-        basis.append(_pmul(basis[-1], [1, -1] if k % 2 == 0 else [0, 1]))
+        basis.append(pmul(basis[-1], [1, -1] if k % 2 == 0 else [0, 1]))
     b = [Fraction(x) for x in _full_row(_B, _N_DENSE)]
     polys = []
     for j in range(_N_DENSE):
@@ -277,7 +277,7 @@ def _dense_polys() -> list[list[Fraction]]:
         weights += [Fraction(d.get(j, 0.0)) for d in _D]
         p = [Fraction(0)]
         for w, q in zip(weights, basis, strict=True):
-            p = _padd(p, _pscale(q, w))
+            p = padd(p, pscale(q, w))
         polys.append(p)
     return polys
 
@@ -293,9 +293,9 @@ DOP853 = ButcherTableau(
     a=((), *(_floats(_full_row(row, i)) for i, row in enumerate(_A, start=1))),
     b=_floats(_full_row(_B, _S)),
     b_error=_floats(_full_row(_E5, _S + 1)),
-    error_order=7,
+    embedded_order=7,
     fsal=False,
-    dense=tuple(_floats(r) for r in _rows_from_polys(_dense_polys())),
+    dense=tuple(_floats(r) for r in rows_from_polys(_dense_polys())),
     dense_order=7,
     extra_c=_floats(_EXTRA_C),
     extra_a=tuple(_floats(_full_row(row, i)) for i, row in enumerate(_EXTRA_A, start=_S + 1)),
@@ -303,7 +303,3 @@ DOP853 = ButcherTableau(
         Fraction(bj) - Fraction(_B3.get(j, 0.0)) for j, bj in enumerate(_full_row(_B, _S + 1))
     ),
 )
-
-# If this module is imported before ``tableaux``, the registry's own lazy import of DOP853 ran
-# while this module was half-initialised and was skipped; register the method here instead.
-_tableaux.TABLEAUX.setdefault(DOP853.name, DOP853)

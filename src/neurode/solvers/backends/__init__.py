@@ -1,0 +1,1 @@
+"""External solvers behind neurode's front door."""

@@ -1,0 +1,1 @@
+"""The two loops (adaptive, fixed grid) and their shared parts (outputs, events, results)."""

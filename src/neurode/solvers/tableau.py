@@ -1,0 +1,117 @@
+"""Butcher tableaux as data: explicit (:class:`ButcherTableau`) and implicit
+(:class:`ImplicitTableau`).
+
+A Runge–Kutta method is one of these plus a name in the registry; the steppers
+(:mod:`neurode.solvers.steppers`) run any of them. Dense output is stored as polynomials
+``b_j(θ) = Σ_p dense[j][p] θ^(p+1)`` so that ``y(t0 + θh) = y0 + h Σ_j b_j(θ) k_j`` for
+``θ ∈ [0, 1]``; the dense stages ``k_j`` are the method's stages, then ``f(t0+h, y1)`` when the
+method is not FSAL, then any extra stages that only dense output needs (``extra_a``/``extra_c``).
+
+Order convention (one for the whole library): ``error_order`` is the order ``p̂`` of the local
+error estimate, ``err = O(h^p̂)``; a controller scales steps by ``ratio^(−1/p̂)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["ButcherTableau", "ImplicitTableau"]
+
+
+@dataclass(frozen=True, eq=False)
+class ButcherTableau:
+    """An explicit Runge–Kutta method.
+
+    Attributes:
+        name: registry name.
+        order: order of the propagated solution ``y1 = y0 + h Σ b_j k_j``.
+        c: nodes, length ``S``.
+        a: strictly lower-triangular matrix as rows; row ``i`` has ``i`` entries.
+        b: weights, length ``S``.
+        b_error: weights of the local error estimate ``b - b̂`` (length ``S``, or ``S + 1`` when
+            the estimate also uses ``f(t0+h, y1)``); ``None`` for fixed-step methods.
+        embedded_order: order of the embedded solution ``b̂`` (for DOP853's blended estimator,
+            the order it behaves like).
+        fsal: the last stage is ``f(t0+h, y1)`` (first same as last), so it is reused.
+        dense: dense-output polynomial coefficients (see module docstring), or ``None``.
+        dense_order: order of the dense output.
+        extra_c, extra_a: extra stages used only by dense output; ``extra_a`` rows range over the
+            dense stages that precede them.
+        b_error_low: a second, lower-order error estimate combined with ``b_error`` as in
+            Hairer's DOP853 (``err5² / sqrt(err5² + 0.01 err3²)``); ``None`` for other methods.
+    """
+
+    name: str
+    order: int
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    b_error: tuple[float, ...] | None = None
+    embedded_order: int | None = None
+    fsal: bool = False
+    dense: tuple[tuple[float, ...], ...] | None = None
+    dense_order: int | None = None
+    extra_c: tuple[float, ...] = ()
+    extra_a: tuple[tuple[float, ...], ...] = ()
+    b_error_low: tuple[float, ...] | None = None
+    _meta: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        S = len(self.c)
+        if len(self.a) != S or any(len(row) != i for i, row in enumerate(self.a)):
+            raise ValueError(f"tableau {self.name}: a must be strictly lower triangular, "
+                             f"row i holding i entries, for {S} stages")
+        if len(self.b) != S:
+            raise ValueError(f"tableau {self.name}: b has {len(self.b)} entries for {S} stages")
+        if self.b_error is not None and self.embedded_order is None:
+            raise ValueError(f"tableau {self.name}: an error estimate needs embedded_order")
+        if len(self.extra_a) != len(self.extra_c):
+            raise ValueError(f"tableau {self.name}: extra_a and extra_c differ in length")
+
+    @property
+    def stages(self) -> int:
+        return len(self.c)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.b_error is not None
+
+    @property
+    def error_uses_f1(self) -> bool:
+        """Whether the error estimate needs ``f(t0+h, y1)`` beyond the method's stages."""
+        S = self.stages
+        return any(len(e) > S and any(x != 0.0 for x in e[S:])
+                   for e in (self.b_error, self.b_error_low) if e is not None)
+
+    @property
+    def error_order(self) -> int | None:
+        """Order ``p̂ = min(order, embedded_order) + 1`` of the local error estimate."""
+        if self.embedded_order is None:
+            return None
+        return min(self.order, self.embedded_order) + 1
+
+    @property
+    def n_dense(self) -> int:
+        """Number of dense stages: the stages, ``f(t0+h, y1)`` unless FSAL, the extra stages."""
+        return self.stages + (0 if self.fsal else 1) + len(self.extra_c)
+
+
+@dataclass(frozen=True)
+class ImplicitTableau:
+    """``A`` (s×s, full), ``b``, ``c`` and the classical order of an implicit RK method."""
+
+    name: str
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    c: tuple[float, ...]
+    order: int
+
+    def __post_init__(self):
+        s = len(self.b)
+        if len(self.c) != s or len(self.a) != s or any(len(r) != s for r in self.a):
+            raise ValueError(f"implicit tableau {self.name}: A must be {s}×{s} with len(b) = "
+                             f"len(c) = {s}")
+
+    @property
+    def stages(self) -> int:
+        return len(self.b)
