@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from neurode.errors import InvalidInputError, Status
+from neurode.errors import InvalidInputError, SolverError, Status
 from neurode.solvers.backends.scipy import run_scipy
 from neurode.solvers.loops.adaptive import AdaptiveLoop
 from neurode.solvers.loops.common import LoopResult, failure, warn_unused_callbacks
@@ -21,7 +22,11 @@ from neurode.solvers.quadrature import Quadrature
 from neurode.solvers.solution import DenseOutput, Solution, Stats
 from neurode.solvers.steppers.base import hermite
 
-__all__ = ["grid_of", "integrate", "odeint", "odeint_dense", "raise_failure", "solve_ivp"]
+__all__ = ["EVENT_MAX_STEPS", "grid_of", "integrate", "odeint", "odeint_dense", "raise_failure",
+           "solve_ivp"]
+
+#: Steps an event search takes before giving up, unless ``options["max_num_steps"]`` says.
+EVENT_MAX_STEPS = 50_000
 
 State = Tensor | tuple[Tensor, ...]
 Func = Callable[[Tensor, Any], Any]
@@ -183,11 +188,29 @@ def integrate_event(func, y0, t, event_fn, *, rtol=1e-7, atol=1e-9, method=None,
                       callback_suffix=callback_suffix)
     if pb.per_sample:
         raise InvalidInputError("events are not available in per-sample mode")
-    pb = pb.__class__(**{**pb.__dict__, "t_out": pb.t_out[:1]})
+    opts = pb.opts
+    if "max_num_steps" not in opts.given:
+        # the search runs on [t0, ∞): an event that never comes must still end it
+        if opts.control is not None:
+            opts = replace(opts, control=replace(opts.control, max_num_steps=EVENT_MAX_STEPS))
+        elif opts.grid is not None:
+            opts = replace(opts, grid=replace(opts.grid, max_num_steps=EVENT_MAX_STEPS))
+        elif opts.scipy is not None:
+            opts = replace(opts, scipy=replace(opts.scipy, max_num_steps=EVENT_MAX_STEPS))
+    pb = replace(pb, t_out=pb.t_out[:1], opts=opts)
     res = integrate(pb, event_fn=event_fn)
     if res.event is None:
-        raise_failure(pb, res)
-        raise InvalidInputError("no event found")
+        t_last = float(res.t_final[0])
+        h_last = float(res.fail_dt[0]) if res.fail_dt is not None else 0.0
+        if not (math.isfinite(t_last) and math.isfinite(h_last)) or abs(t_last) > 1e300:
+            raise SolverError(
+                f"no event: event_fn(t, y) kept its sign up to t={pb.sign * t_last:.6g}, where "
+                "the time itself overflowed; check event_fn, or bound the search with a finite "
+                "t[1] and a fixed step", t=pb.sign * t_last)
+        err = failure(pb, res, math.inf)
+        if err is not None:
+            raise err
+        raise SolverError(f"no event found before t={pb.sign * t_last:.6g}", t=pb.sign * t_last)
     s_ev, y_ev, _ = res.event
     sol = pb.layout.trajectory(torch.stack([pb.y0, y_ev.reshape(pb.y0.shape)]))
     event_t = torch.tensor(pb.sign * s_ev, dtype=pb.t.dtype, device=pb.t.device)

@@ -145,6 +145,10 @@ def initial_step(f_eval, t0: Tensor, y0: Tensor, f0: Tensor, error_order: int, r
     with torch.no_grad():
         tscale = t0.abs().clamp_min(1.0)
         rd = y0.real.dtype if y0.is_complex() else y0.dtype
+        state_dtype = y0.dtype
+        if rd in (torch.float16, torch.bfloat16):  # their range cannot hold 1/tolerance
+            y0, f0 = y0.to(torch.float32), f0.to(torch.float32)
+            rd = torch.float32
         scale = (y0.abs() * rtol).add_(atol)
         d0 = norm(y0 / scale).to(_F64)
         d1 = norm(f0 / scale).to(_F64)
@@ -153,7 +157,7 @@ def initial_step(f_eval, t0: Tensor, y0: Tensor, f0: Tensor, error_order: int, r
         if span is not None:
             h0 = torch.minimum(h0, span.clamp_min(1e-300))
         h0r = h0.to(rd).view(-1, *([1] * (y0.ndim - 1)))
-        f1 = f_eval(t0, h0, y0 + h0r * f0)
+        f1 = f_eval(t0, h0, (y0 + h0r * f0).to(state_dtype)).to(f0.dtype)
         d2 = norm((f1 - f0) / scale).to(_F64) / h0
         m = torch.maximum(d1, d2)
         h1 = torch.where(m <= 1e-15, torch.maximum(1e-6 * tscale, h0 * 1e-3),

@@ -63,12 +63,15 @@ class StepControl:
 @dataclass(frozen=True)
 class GridOptions:
     """A fixed grid: ``step_size`` or a ``grid_constructor`` (else the output times),
-    ``perturb`` (evaluate just inside each step) and the output ``interp``olation."""
+    ``perturb`` (evaluate just inside each step), the output ``interp``olation, and the most
+    steps to take (``max_num_steps``: a grid longer than that fails when it reaches it; an event
+    search on an unbounded grid stops there, by default after 50,000 steps)."""
 
     step_size: float | None = None
     grid_constructor: Callable | None = None
     perturb: bool = False
     interp: str = "linear"
+    max_num_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ FAMILY_KEYS: dict[str, frozenset[str]] = {
     "control": frozenset({"first_step", "safety", "ifactor", "dfactor", "pcoeff", "icoeff",
                           "dcoeff", "max_num_steps", "min_step", "max_step", "step_t", "jump_t",
                           "norm", "sync_every", "compile", "decisions"}),
-    "grid": frozenset({"step_size", "grid_constructor", "perturb", "interp"}),
+    "grid": frozenset({"step_size", "grid_constructor", "perturb", "interp", "max_num_steps"}),
     "newton": frozenset({"max_iters", "jacobian"}),
     "adams": frozenset({"max_order"}),
     "corrector": frozenset({"max_iters", "norm"}),
@@ -287,7 +290,7 @@ def _grid(o: dict) -> GridOptions:
     if interp not in ("linear", "cubic"):
         raise InvalidInputError(f"{_name('interp')} must be 'linear' or 'cubic', got {interp!r}")
     return GridOptions(step_size=step, grid_constructor=gc, perturb=flag(o, "perturb", False),
-                       interp=interp)
+                       interp=interp, max_num_steps=integer(o, "max_num_steps", None))
 
 
 def _newton(o: dict) -> NewtonOptions:

@@ -454,6 +454,14 @@ def make_problem(func, y0, t, rtol, atol, method: str | None, options: dict[str,
     time_dtype = layout.real_dtype
     rtol = _check_tol(rtol, "rtol", tensors, is_tuple, layout.dtype, layout.device, per_sample)
     atol = _check_tol(atol, "atol", tensors, is_tuple, layout.dtype, layout.device, per_sample)
+    if spec.adaptive and layout.real_dtype in (torch.float16, torch.bfloat16):
+        eps = torch.finfo(layout.real_dtype).eps
+        r_min = float(rtol.min()) if isinstance(rtol, Tensor) else rtol
+        if r_min < eps:
+            raise InvalidInputError(
+                f"y0 is {layout.real_dtype} (machine epsilon {eps:.1e}): an adaptive method cannot "
+                f"meet rtol={r_min:g} in that precision; solve in float32 (y0.float(), and the "
+                f"field's parameters) or give rtol ≥ {eps:.0e}")
     if spec.adaptive and _zero_tolerance(rtol, atol):
         raise InvalidInputError(
             "rtol and atol are both 0 (for some component): no step can meet a zero error "

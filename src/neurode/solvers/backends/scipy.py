@@ -100,6 +100,16 @@ def run_scipy(pb: Problem, *, record: str | None = None, event_fn=None) -> LoopR
                 message = f"scipy solver {o.solver!r} failed at t={pb.sign * t_prev:.6g}: {msg}"
                 break
             t_reached = ode.t
+            # SciPy's solvers can creep towards a singularity for ever: a step below the time
+            # resolution, or a non-finite state, ends the solve here
+            if not np.isfinite(ode.y).all():
+                status, t_reached = Status.NON_FINITE, t_prev
+                break
+            if abs(ode.t - t_prev) <= 8 * 2.220446049250313e-16 * max(1.0, abs(t_prev)):
+                status, t_reached = Status.STEP_SIZE_TOO_SMALL, t_prev
+                message = (f"step size underflow in scipy solver {o.solver!r} at "
+                           f"t={pb.sign * t_prev:.6g}: the problem may be stiff or singular there")
+                break
             dense = None
             if watch is not None:
                 dense = ode.dense_output()
@@ -108,6 +118,8 @@ def run_scipy(pb: Problem, *, record: str | None = None, event_fn=None) -> LoopR
                                     lambda s, d=dense: to_state(d(s)).reshape(1, -1))
                 if s_ev is not None:
                     event = (s_ev, to_state(dense(s_ev)).reshape(1, -1), None)
+                    break
+                if ode.status == "finished":
                     break
                 continue
             if t_out[i_out] <= ode.t:

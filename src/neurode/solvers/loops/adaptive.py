@@ -337,7 +337,10 @@ class AdaptiveLoop:
             # one cannot shrink further, an accepted one could not advance t. Its status says
             # whether the last ratio was finite (a genuine underflow) or not (NaN/inf).
             tiny = S.t(8 * self.eps)
-            failed = (h_new <= S.maximum(S.abs(st.t) * tiny, tiny)) & S.not_(st.done)
+            # (not '<=': a NaN step size fails too; so does an infinite one, whose time overflowed
+            # — an event solve on [t0, ∞) whose event never comes)
+            failed = S.not_((h_new > S.maximum(S.abs(st.t) * tiny, tiny))
+                            & (h_new < S.t(math.inf))) & S.not_(st.done)
             finite = S.finite(ratio)
             if self.ctl.min_step > 0:  # stuck at min_step on a non-finite step
                 failed = failed | (S.not_(accept | st.done | finite)
@@ -546,15 +549,16 @@ class AdaptiveLoop:
 
     def _window(self, R: float, h: float, growth: float) -> int:
         """Steps to queue before the next host check of a joint solve whose remaining span is
-        ``R`` and next step ``h``: as many as can be taken before the segment's end even if steps
-        keep growing at the recent rate (so that no step is attempted after the end), at most
-        ``sync_every``."""
+        ``R`` and next step ``h``, at most ``sync_every``: as many as cannot reach the segment's
+        end even if steps grow at the recent rate — or, within 16 steps of it, at the fastest
+        rate the controller allows (``ifactor``) — so that steps are rarely attempted after the
+        end."""
         K = self.K
         if K == 1:
             return 1
         if not math.isfinite(R) or h <= 0:
             return K
-        g = max(growth, 1.0 + 1e-9)
+        g = self.ctl.ifactor if 16 * h >= R else max(growth, 1.0 + 1e-9)
         covered, step, n = 0.0, h, 0
         while n < K:
             covered += step

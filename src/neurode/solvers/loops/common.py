@@ -85,10 +85,14 @@ def _fmt(t: float) -> str:
 def _row_message(pb: Problem, code: Status, t: float, dt: float, n_steps: int,
                  t_end: float | None, newton: tuple[int, float] | None) -> str:
     """The message of one failed row; ``t``/``dt`` in the user's time."""
-    family = pb.opts.control or pb.opts.scipy
-    max_steps = family.max_num_steps if family is not None else None
+    family = pb.opts.control or pb.opts.scipy or pb.opts.grid
+    max_steps = getattr(family, "max_num_steps", None)
     if code == Status.MAX_STEPS:
         end = "" if t_end is None or not math.isfinite(t_end) else f" before t={_fmt(t_end)}"
+        if t_end is not None and math.isinf(t_end):  # an event search
+            return (f"max_num_steps={max_steps} reached at t={_fmt(t)} without an event (an event "
+                    "search takes at most 50,000 steps unless options['max_num_steps'] says "
+                    "otherwise); check event_fn, or raise options['max_num_steps']")
         return (f"max_num_steps={max_steps} reached at t={_fmt(t)}{end}; raise "
                 "options['max_num_steps'], loosen rtol/atol, or check for stiffness")
     if code == Status.NON_FINITE:

@@ -27,7 +27,6 @@ from neurode.solvers.steppers.newton import NewtonFailedError
 __all__ = ["FixedLoop", "alf_grid", "make_grid"]
 
 _I64 = torch.int64
-_EVENT_MAX_STEPS = 1_000_000
 
 
 def make_grid(t_out, step_size: float | None, grid: list[float] | None) -> list[float]:
@@ -155,8 +154,10 @@ class FixedLoop:
         i_out = 1
         pending: list = []
         g_prev = next(grid)
+        g = pb.opts.grid
+        cap = g.max_num_steps if g is not None else None
         for k, g1 in enumerate(grid):
-            if self.watch is not None and k >= _EVENT_MAX_STEPS:
+            if cap is not None and k >= cap:
                 status, t_reached = Status.MAX_STEPS, g_prev
                 break
             g0, h = g_prev, g1 - g_prev

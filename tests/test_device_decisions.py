@@ -1,0 +1,128 @@
+"""Step decisions on the device: a joint solve asks the host once per ``sync_every`` steps, gives
+the same solution as with host decisions, and compiles."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import neurode
+from neurode.solvers.api import integrate
+from neurode.solvers.problem import make_problem
+
+F64 = torch.float64
+
+
+class HostReads:
+    """Counts device→host conversions of tensors (``item``, ``bool``, ``float``, ``int``,
+    ``tolist``) while active."""
+
+    NAMES = ("item", "__bool__", "__float__", "__int__", "tolist")
+
+    def __enter__(self):
+        self.count = 0
+        self.saved = {n: getattr(torch.Tensor, n) for n in self.NAMES}
+
+        def wrap(fn):
+            def counted(*a, **k):
+                self.count += 1
+                return fn(*a, **k)
+            return counted
+
+        for n, fn in self.saved.items():
+            setattr(torch.Tensor, n, wrap(fn))
+        return self
+
+    def __exit__(self, *exc):
+        for n, fn in self.saved.items():
+            setattr(torch.Tensor, n, fn)
+
+
+def oscillator(t, y):
+    return torch.stack([y[1], -y[0]])
+
+
+@pytest.mark.parametrize("K", [1, 8, 32])
+def test_a_joint_solve_of_500_steps_reads_the_host_once_per_sync_every_steps(K):
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    t = torch.linspace(0, 50, 101, dtype=F64)
+    pb = make_problem(oscillator, y0, t, 1e-9, 1e-9, "dopri5", {"sync_every": K})
+    with torch.no_grad(), HostReads() as reads:
+        res = integrate(pb)
+    steps = int(res.n_steps[0])
+    assert res.ok() and steps >= 500
+    # each window's read, plus a constant: the set-up's checks and a read per segment; the
+    # windows shrink near the end (no step is attempted past it)
+    assert reads.count <= math.ceil(steps / K) + 12, (reads.count, steps, K)
+    assert res.host_syncs <= math.ceil(steps / K) + 6
+    exact = torch.stack([torch.cos(t), -torch.sin(t)], 1)
+    assert float((res.ys[:, 0] - exact).abs().max()) < 1e-6
+
+
+def test_host_decisions_read_once_per_step():
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    t = torch.linspace(0, 50, 101, dtype=F64)
+    pb = make_problem(oscillator, y0, t, 1e-9, 1e-9, "dopri5", {"decisions": "host"})
+    with torch.no_grad(), HostReads() as reads:
+        res = integrate(pb)
+    assert reads.count >= int(res.n_steps[0])
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "dopri8", "fehlberg2", "alf"])
+def test_device_and_host_decisions_take_the_same_steps(method):
+    """Same controller, two scalar back ends: the same steps and outputs to rounding."""
+    y0 = torch.tensor([1.0, 0.5], dtype=F64)
+    t = torch.linspace(0, 6, 13, dtype=F64)
+    kw = {"method": method, "rtol": 1e-6, "atol": 1e-8}
+    host = neurode.solve_ivp(oscillator, y0, t, options={"decisions": "host"}, **kw)
+    dev = neurode.solve_ivp(oscillator, y0, t, options={"decisions": "device", "sync_every": 4},
+                            **kw)
+    assert host.stats.n_steps == dev.stats.n_steps
+    assert host.stats.n_rejected == dev.stats.n_rejected
+    assert host.stats.nfe == dev.stats.nfe  # no step is attempted after the end
+    assert float((host.ys - dev.ys).abs().max()) < 1e-12
+
+
+def test_device_decisions_with_step_t_jump_t_and_events():
+    def f(t, y):
+        return torch.where(t < 0.4, -y, 2 * y)
+
+    y0 = torch.ones(1, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    opts = {"step_t": [0.25], "jump_t": [0.4]}
+    host = neurode.solve_ivp(f, y0, t, options={**opts, "decisions": "host"})
+    dev = neurode.solve_ivp(f, y0, t, options={**opts, "decisions": "device"})
+    exact = math.exp(-0.4) * math.exp(2 * 0.6)
+    assert abs(float(dev.ys[-1, 0]) - exact) < 1e-6
+    assert float((host.ys - dev.ys).abs().max()) < 1e-12
+    for decisions in ("host", "device"):
+        te, _ = neurode.odeint_event(lambda t, y: -y, y0, torch.tensor(0.0, dtype=F64),
+                                     event_fn=lambda t, y: y[0] - 0.5,
+                                     options={"decisions": decisions})
+        assert abs(float(te) - math.log(2)) < 1e-7
+
+
+def test_decisions_option_is_checked():
+    y0 = torch.ones(1, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    with pytest.raises(neurode.InvalidInputError, match="decisions"):
+        neurode.odeint(lambda t, y: -y, y0, t, options={"decisions": "gpu"})
+    with pytest.raises(neurode.InvalidInputError, match="sync_every"):
+        neurode.odeint(lambda t, y: -y, y0, t, options={"decisions": "host", "sync_every": 4})
+    with pytest.raises(neurode.InvalidInputError, match="per-sample"):
+        neurode.odeint(lambda t, y: -y, torch.ones(2, 1), torch.tensor([0.0, 1.0]),
+                       options={"decisions": "host", "per_sample": True})
+
+
+def test_a_compiled_joint_step_gives_the_solution_of_the_eager_one():
+    y0 = torch.tensor([1.0, 0.5], dtype=F64)
+    t = torch.linspace(0, 6, 13, dtype=F64)
+    eager = neurode.solve_ivp(oscillator, y0, t, rtol=1e-8, atol=1e-10,
+                              options={"decisions": "device"})
+    comp = neurode.solve_ivp(oscillator, y0, t, rtol=1e-8, atol=1e-10,
+                             options={"compile": True})
+    assert comp.stats.n_steps == eager.stats.n_steps
+    assert comp.stats.nfe == eager.stats.nfe
+    assert float((comp.ys - eager.ys).abs().max()) < 1e-12
