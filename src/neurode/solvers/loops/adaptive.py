@@ -439,8 +439,8 @@ class AdaptiveLoop:
                     dt, _, _ = self.plan(st, seg)
                     self._host_callback("step", st.t, st.y, dt)
                 prev = st
-                st, out, dt, accept, _ = self.attempt(st, seg, None if self.fresh_buffers
-                                                      else self._buffer())
+                # (host floats: the stepper keeps its stages in a list, no buffer)
+                st, out, dt, accept, _ = self.attempt(st, seg, None)
                 iterations += 1
                 if self.quad is not None:
                     self.quad.commit(accept)

@@ -148,8 +148,6 @@ class FixedLoop:
         host_first = stepper.kind in ("adams",)
         carry = stepper.start(pb.field, t_out[0], y, after=self.perturb,
                               **({"host": (t_out[0], 0.0)} if host_first else {}))
-        buf = None
-        fresh = torch.is_grad_enabled() or self.record == "dense"
         cb = pb.callbacks
         i_out = 1
         pending: list = []
@@ -165,11 +163,9 @@ class FixedLoop:
             if cb is not None and cb.step is not None:
                 tt, dd = self._t(g0, h)
                 call_callbacks(cb, pb, "step", tt, y, dd)
-            if fresh or buf is None:
-                buf = stepper.new_buffer()
             k0 = None if (self.perturb and stepper.kind == "erk") else carry
             try:
-                out = stepper.step(pb.field, s, ds, y, k0, buf, error=False,
+                out = stepper.step(pb.field, s, ds, y, k0, None, error=False,
                                    want_f1=self.cubic, before=self.perturb or None,
                                    after=self.perturb, **({"host": (g0, h)} if host_first
                                                           else {}))

@@ -195,9 +195,17 @@ class ExplicitRK:
         self.n_extra = len(tab.extra_c)
         self.evals_per_step = self.y1_stage
         self._ah = None
+        self.dense_rows = () if tab.dense is None else tuple(
+            (j, tuple(float(x) for x in row)) for j, row in enumerate(tab.dense)
+            if any(x != 0.0 for x in row))
         # the host path's coefficients: non-zero (stage, value) pairs per dense-stage row
         Ad, _, _ = _dense_matrix(tab)
         self.rows_nz = tuple(_nonzero(r) for r in Ad)
+        # per stage evaluated after k0: (index, node, its row, a c = 1 stage), without or with
+        # the stage f(t + h, y1)
+        stage_plan = [(i, c[i], self.rows_nz[i], i in self.c_one)
+                      for i in range(1, self.y1_stage + 1)]
+        self._plan = (tuple(stage_plan[:-1]), tuple(stage_plan))
         self.err_nz = () if tab.b_error is None else (
             _nonzero(tab.b_error), *(() if tab.b_error_low is None
                                      else (_nonzero(tab.b_error_low),)))
@@ -306,38 +314,37 @@ class ExplicitRK:
                      want_f1: bool, before, after: bool) -> StepOut:
         """The step with host floats (joint solves deciding on the host, fixed grids)."""
         sg, tdt, dev = self.sign, self.times.dtype, self.device
-        nodes = self.times.nodes
-        c_one = self.c_one if before else ()
         hs = sg * ds
         shape = self.ushape
-        flat = (1, self.N)
+        call = field if shape is None else field.user
+        yb = y if shape is None else y.view(shape)
         if k0 is None:
             t0 = torch.scalar_tensor(sg * s, dtype=tdt, device=dev)
-            k0 = field(nudge(t0, sg, +1) if after else t0, y)
-        yb = y if shape is None else y.view(shape)
-        ks = [k0 if shape is None else k0.view(shape)]
-        raw = [k0]
-        n = self.y1_stage + (1 if (want_f1 or error) else 0)
+            k0 = call(nudge(t0, sg, +1) if after else t0, yb)
+        k_in = k0
+        if shape is not None and k0.shape != shape:
+            k0 = k0.view(shape)
+        ks = [k0]
         y1 = None
-        rows = self.rows_nz
-        for i in range(1, n):
-            yi = _combine_floats(yb, ks, rows[i], hs)
-            tu = torch.scalar_tensor(sg * (s + nodes[i] * ds), dtype=tdt, device=dev)
-            if i in c_one:
+        for i, c, row, at_end in self._plan[want_f1 or error]:
+            yi = _combine_floats(yb, ks, row, hs)
+            tu = torch.scalar_tensor(sg * (s + c * ds), dtype=tdt, device=dev)
+            if at_end and before:
                 tu = nudge(tu, sg, -1)
-            ki = field.user(tu, yi) if shape is not None else field(tu, yi)
-            ks.append(ki)
-            raw.append(ki)
+            ks.append(call(tu, yi))
             if i == self.y1_stage:
                 y1 = yi
         if y1 is None:
-            y1 = _combine_floats(yb, ks, rows[self.y1_stage], hs)
+            y1 = _combine_floats(yb, ks, self.rows_nz[self.y1_stage], hs)
+        flat = (1, self.N)
         err = err_low = None
         if error:
             err = _combine_floats(None, ks, self.err_nz[0], hs).view(flat)
             if len(self.err_nz) > 1:
                 err_low = _combine_floats(None, ks, self.err_nz[1], hs).view(flat)
-        carry = ks[-1] if n > self.y1_stage else None
+        carry = ks[-1] if len(ks) > self.y1_stage else None
+        # (raw keeps the k0 object it was given: a quadrature's derivatives ride on it)
+        raw = ks if k_in is k0 else [k_in, *ks[1:]]
         return StepOut(y1.view(flat), err, err_low, HostStages(ks, self.N), carry, raw)
 
     def slopes(self, out: StepOut) -> tuple[Tensor, Tensor | None]:
@@ -350,7 +357,7 @@ class ExplicitRK:
         """The next ``k0``: ``f(s + ds, y1)`` where the step was accepted (a tensor per row, or a
         host bool)."""
         if isinstance(accept, bool):
-            return out.carry.reshape(1, self.N) if accept else k0
+            return out.carry if accept else k0  # (in the field's shape on the host path)
         return torch.where(accept if self.joint else accept.unsqueeze(1), out.carry, k0)
 
     # -- dense output ----------------------------------------------------------------------------
@@ -384,9 +391,27 @@ class ExplicitRK:
     def interpolate(self, y: Tensor, y1: Tensor, buf: StageBuffer, hs: float,
                     thetas: list[float], row: int = 0) -> Tensor:
         """``y(s + θ·ds)`` for the floats ``θ`` of one row: ``(m, N)`` (``hs`` the signed step)."""
+        if isinstance(buf, HostStages):
+            if len(thetas) <= 2:  # a few outputs: weights as floats, no matrix to build
+                yb = y.view(buf.ks[0].shape)
+                rows = [_combine_floats(yb, buf.ks, self._weights_nz(th), hs).view(1, -1)
+                        for th in thetas]
+                return rows[0] if len(rows) == 1 else torch.cat(rows)
+            K = buf.matrix()
+        else:
+            K = buf.K[row]
         W = self.weights(thetas).to(self.dtype)
-        K = buf.matrix() if isinstance(buf, HostStages) else buf.K[row]
         return torch.addmm(y[row:row + 1], W, K, alpha=hs)
+
+    def _weights_nz(self, th: float) -> list[tuple[int, float]]:
+        """The non-zero ``b_j(θ)`` as floats (Horner in ``θ``, then one factor ``θ``)."""
+        out = []
+        for j, row in self.dense_rows:
+            w = 0.0
+            for coef in reversed(row):
+                w = w * th + coef
+            out.append((j, w * th))
+        return out
 
     def interpolate_rows(self, y: Tensor, y1: Tensor, buf: StageBuffer, hs: Tensor,
                          theta: Tensor) -> Tensor:
