@@ -126,3 +126,25 @@ def test_a_compiled_joint_step_gives_the_solution_of_the_eager_one():
     assert comp.stats.n_steps == eager.stats.n_steps
     assert comp.stats.nfe == eager.stats.nfe
     assert float((comp.ys - eager.ys).abs().max()) < 1e-12
+
+
+@pytest.mark.parametrize("mode", ["host", "device", "per_sample"])
+def test_a_field_that_starts_using_parameters_midway_keeps_its_gradient(mode):
+    # y' = -y up to t = 0.5 (nothing requires grad: stage buffers are reused), then y' = p·y:
+    # y(1) = y0·exp(-0.5 + 0.5 p), so dy(1)/dp = 0.5·y(1). The loop must notice the first stage
+    # value that requires grad and stop reusing buffers autograd now refers to.
+    p = torch.tensor(0.8, dtype=F64, requires_grad=True)
+
+    def f(t, y):
+        return p * y if float(t.min()) > 0.5 else -y
+
+    # (equal rows: in per-sample mode they take the same steps, so the host test on t holds)
+    y0 = torch.tensor([[1.0], [1.0]], dtype=F64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    opts = {"per_sample": True} if mode == "per_sample" else {"decisions": mode}
+    if mode == "device":
+        opts["sync_every"] = 4
+    y1 = neurode.odeint(f, y0, t, method="dopri5", rtol=1e-10, atol=1e-12, options=opts)[-1]
+    (g,) = torch.autograd.grad(y1.sum(), p)
+    exact = 0.5 * float(y1.detach().sum())
+    assert abs(float(g) - exact) < 1e-7 * abs(exact)

@@ -46,11 +46,17 @@ def test_per_sample_equals_solving_each_sample_alone(method):
         assert int(sol.stats.n_steps[b]) == alone.stats.n_steps
         assert int(sol.stats.n_rejected[b]) == alone.stats.n_rejected
         diff = (sol.ys[:, b] - alone.ys).abs().max().item()
-        if diff > 1e-10:  # rounding, amplified through a low-order method's step sequence:
-            # it must stay far below the solution's own error
+        if diff > 1e-10:
+            # rounding (the batch sums a stage's terms in another order), amplified through the
+            # step sequence: on the stiff sample a low-order method turns a 1-ulp change of y0
+            # into ~1e-6. The difference must be of that size and far below the solution error.
+            y0p = y0[b] * (1 + 2.0**-52)
+            spread = (neurode.solve_ivp(_vdp_one(float(MUS[b])), y0p, ts, method=method,
+                                        rtol=1e-6, atol=1e-8).ys - alone.ys).abs().max().item()
             ref = neurode.odeint(_vdp_one(float(MUS[b])), y0[b], ts, method="dopri8",
                                  rtol=1e-12, atol=1e-12)
-            assert diff <= 0.01 * (alone.ys - ref).abs().max().item(), (method, diff)
+            assert diff <= 20 * spread, (method, diff, spread)
+            assert diff <= 0.1 * (alone.ys - ref).abs().max().item(), (method, diff)
     assert torch.equal(sol.ys[0], y0)
 
 

@@ -190,15 +190,16 @@ class AdaptiveLoop:
         dev_s = DeviceScalars(self.rdtype, self.tdt, self.dev)
         self.rtol = pb.rtol if isinstance(pb.rtol, Tensor) else dev_s.r(pb.rtol)
         self.atol = pb.atol if isinstance(pb.atol, Tensor) else dev_s.r(pb.atol)
-        # stage buffers: a ring outside autograd (records of a window keep theirs), else fresh
-        self.fresh_buffers = (self.grad or record == "dense"
-                              or torch._C._functorch.peek_interpreter_stack() is not None)
+        # stage buffers: a ring while nothing is tracked by autograd (records of a window keep
+        # theirs), else fresh ones (``run`` decides, once the first slope is known)
+        self.functorch = torch._C._functorch.peek_interpreter_stack() is not None
+        self.tracking = self.grad or self.functorch
+        self.fresh_buffers = True
         self.ring = None
         self.step_fn = self.attempt
         self.compiled = ctl.compile and not host and quad is None
         if self.compiled:
             self.step_fn = compile_step(self._counted_off(self.attempt))
-            self.fresh_buffers = True
 
     def _counted_off(self, fn):
         field = self.pb.field
@@ -394,6 +395,9 @@ class AdaptiveLoop:
         carry = stepper.start(pb.field, t0_tensor if not S.host else self.t0, y)
         if self.quad is not None:
             self.quad.start(carry)
+        self._set_tracking(self.functorch or (self.grad and (
+            y.requires_grad or carry.requires_grad
+            or (self.per_sample and pb.t_eval.requires_grad))))
         with torch.no_grad():
             bad = ~(torch.isfinite(y).all(1) & torch.isfinite(carry).all(1))
         h = self._first_step(self.t0, y, carry)
@@ -414,6 +418,15 @@ class AdaptiveLoop:
         return self._result(st.t, st.y, st.status, st.n_steps, st.n_acc, st.fail_dt, st.h,
                             st.idx, record, steps_log, host_syncs, iterations, nfe0, event,
                             st.carry)
+
+    def _set_tracking(self, tracking: bool) -> None:
+        """Whether autograd records the solve: stage buffers are then fresh per step (a ring is
+        reused in place otherwise). A field whose values start requiring grad later (a branch
+        that uses parameters only after some time) switches it on at that step."""
+        self.tracking = tracking
+        self.fresh_buffers = tracking or self.record == "dense" or self.compiled
+        if hasattr(self.stepper, "tracking"):
+            self.stepper.tracking = tracking
 
     def _restart(self, st: LoopState, cont) -> LoopState:
         """Rows that stopped at a jump go on from ``f`` evaluated just after it."""
@@ -483,6 +496,8 @@ class AdaptiveLoop:
                     prev = st
                     st, out, dt, accept, window = self.step_fn(st, seg, buf)
                     iterations += 1
+                    if not self.tracking and self.grad and out.y1.requires_grad:
+                        self._set_tracking(True)
                     if self.quad is not None:
                         self.quad.commit(accept)
                     if window is not None:

@@ -77,52 +77,59 @@ class DeviceOutputs:
     """Per-row output windows of a per-sample solve (module docstring).
 
     ``t_eval`` ``(B, T)`` internal float64 output times; ``W`` outputs per row and step at most.
+    The times are padded with ``W`` infinite ones (a window never runs off the end: no clamp,
+    no bound check) and the outputs with ``W`` more columns, where the window's uncovered entries
+    are written (one column each: the indices of a scatter stay distinct) and dropped.
     """
 
     def __init__(self, pb: Problem, stepper, W: int):
         B, N = pb.layout.batch, pb.layout.n
         t_eval = pb.t_eval
         self.t_eval = t_eval
-        self.T = t_eval.shape[1]
-        self.W = max(1, min(W, self.T - 1))
+        self.T = T = t_eval.shape[1]
+        self.W = W = max(1, min(W, T - 1))
         self.stepper = stepper
         dev = t_eval.device
-        self.arange_w = torch.arange(self.W, device=dev)
-        self.snap = t_eval - 4 * _EPS * t_eval.abs()
-        self.out = torch.zeros(B, self.T, N, dtype=pb.y0.dtype, device=dev)
+        self.arange_w = torch.arange(W, device=dev)
+        pad = torch.full((B, W), math.inf, dtype=t_eval.dtype, device=dev)
+        self.t_pad = torch.cat([t_eval, pad], 1)
+        self.snap_pad = torch.cat([t_eval - 4 * _EPS * t_eval.abs(), pad], 1)
+        self.dump = T + self.arange_w  # the columns that take uncovered entries
+        self.out = torch.zeros(B, T + W, N, dtype=pb.y0.dtype, device=dev)
         self.out[:, 0] = pb.y0  # in place: keeps y0's gradient path for row 0
         self.idx = torch.ones(B, dtype=torch.long, device=dev)
         self.expand = (-1, -1, N)
 
     def cap(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """The latest time a step may reach: the window's last output, and its snap threshold."""
-        c = (idx + (self.W - 1)).clamp_(max=self.T - 1).unsqueeze(1)
-        return self.t_eval.gather(1, c).squeeze(1), self.snap.gather(1, c).squeeze(1)
+        """The latest time a step may reach: the window's last output (inf past the last one),
+        and its snap threshold."""
+        c = (idx + (self.W - 1)).unsqueeze(1)
+        return self.t_pad.gather(1, c).squeeze(1), self.snap_pad.gather(1, c).squeeze(1)
 
     def window(self, idx: Tensor, t: Tensor, dt: Tensor, t_next: Tensor, y: Tensor, out,
                accept: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Interpolate the outputs the accepted steps covered: ``(positions (B, W), values
-        (B, W, N), new idx)``; values are 0 where nothing was covered."""
+        (B, W, N), new idx)``; the positions of entries nothing covered are dump columns."""
         pos = idx.unsqueeze(1) + self.arange_w
-        posc = pos.clamp(max=self.T - 1)
-        tw = self.t_eval.gather(1, posc)
-        m = (tw <= t_next.unsqueeze(1)) & (pos < self.T) & accept.unsqueeze(1)
+        tw = self.t_pad.gather(1, pos)
+        tn = t_next.unsqueeze(1)
+        m = (tw <= tn) & accept.unsqueeze(1)
         dt_div = torch.where(dt > 0, dt, 1.0).unsqueeze(1)
         theta = ((tw - t.unsqueeze(1)) / dt_div).clamp_(0.0, 1.0)
         st = self.stepper
         hs = dt if st.sign > 0 else -dt
         yw = st.interpolate_rows(y, out.y1, out.dense, hs, theta)
-        yw = torch.where((tw == t_next.unsqueeze(1)).unsqueeze(-1), out.y1.unsqueeze(1), yw)
-        yw = torch.where(m.unsqueeze(-1), yw, 0.0)
-        return posc, yw, idx + m.sum(1)
+        # an output the step landed on is its end state, exactly
+        yw = torch.where((tw == tn).unsqueeze(-1), out.y1.unsqueeze(1), yw)
+        return torch.where(m, pos, self.dump), yw, idx + m.sum(1)
 
     def scatter(self, posc: Tensor, yw: Tensor) -> None:
-        self.out.scatter_add_(1, posc.unsqueeze(-1).expand(self.expand), yw)
+        self.out.scatter_(1, posc.unsqueeze(-1).expand(self.expand), yw)
 
     def stacked(self, idx: Tensor) -> Tensor:
         """``(T, B, N)``: the outputs, NaN for the times a row did not reach."""
         T = self.T
         reached = torch.arange(T, device=idx.device).unsqueeze(0) < idx.unsqueeze(1)
-        out = torch.where(reached.unsqueeze(-1), self.out,
+        out = torch.where(reached.unsqueeze(-1), self.out[:, :T],
                           torch.full((), math.nan, dtype=self.out.dtype, device=idx.device))
         return out.transpose(0, 1)

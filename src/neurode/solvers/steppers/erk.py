@@ -1,14 +1,21 @@
 """The one explicit Runge–Kutta stepper, driven by a
 :class:`~neurode.solvers.tableau.ButcherTableau`.
 
-The stages of a step live in a buffer ``K`` of shape ``(B, S_d, N)`` (``S_d`` dense stages: the
-method's stages, ``f(t+h, y1)`` unless FSAL, DOP853's extra dense stages), and every stage input
-is one batched matrix product ``y + (h·A[i, :i]) @ K[:, :i]``. With the step size a tensor (one
-per row), this costs the same few operations for every tableau and every row, and the error
-estimate and the dense output are matrix products over the same buffer. Outside autograd the
-loop reuses a ring of buffers; with autograd each step gets a fresh one (the in-place stage
-writes are then recorded, and no saved input is overwritten: the coefficient matrix does not
-require grad).
+With the step size a tensor (device decisions, per-sample solves), the stages of a step live in
+a stage-major buffer ``K`` of shape ``(S_d, B, N)`` (``S_d`` dense stages: the method's stages,
+``f(t+h, y1)`` unless FSAL, DOP853's extra dense stages), seen as the matrix ``(S_d, B·N)``:
+
+* a stage input is one matrix product over the earlier stages — ``y + (h·A[i, :i]) @ K[:i]``
+  for a joint solve, ``y + h_b · (A[i, :i] @ K[:i])`` per row ``b`` of a per-sample one (the
+  coefficients are shared, the step sizes are not);
+* the error estimate is ``E @ K`` (one product for both of DOP853's estimates), and the dense
+  output's polynomial coefficients are ``P @ K`` (then a Horner sweep per output window).
+
+The same few operations serve every tableau and every row. While nothing in the solve is
+tracked by autograd the loop reuses a ring of buffers whose slices are made once; once a stage
+value requires grad each step gets a fresh buffer (the in-place stage writes are then recorded,
+and no saved input is overwritten). With the step size a host float the stages are a list of
+tensors instead (:class:`HostStages`).
 """
 
 from __future__ import annotations
@@ -44,74 +51,74 @@ def _dense_matrix(tab: ButcherTableau) -> tuple[list[list[float]], list[float], 
     return Ad, c, (S - 1 if tab.fsal else S)
 
 
-def _plain() -> bool:
+def _untracked() -> bool:
     """Outside autograd and outside ``torch.func`` transforms: buffers may be reused in place."""
     return not torch.is_grad_enabled() and torch._C._functorch.peek_interpreter_stack() is None
 
 
 @lru_cache(maxsize=64)
 def _constants(tab: ButcherTableau, dtype: torch.dtype, device: torch.device):
-    """Device tensors of a tableau: ``A (1, S_d, S_d)``, error rows ``E (1, e, S_e)`` and the
-    dense polynomials ``P (D, S_d)`` with ``b_j(θ) = Σ_p P[p, j] θ^(p+1)``."""
+    """Device tensors of a tableau in the state's dtype: ``A (S_d, S_d)``, error rows
+    ``E (e, S_e)`` and the dense polynomials ``P (D, S_d)`` with
+    ``b_j(θ) = Σ_p P[p, j] θ^(p+1)``."""
     Ad, _, _ = _dense_matrix(tab)
-    A = torch.tensor(Ad, dtype=torch.float64).to(dtype=dtype, device=device).unsqueeze(0)
+    A = torch.tensor(Ad, dtype=torch.float64).to(dtype=dtype, device=device)
     E = None
     if tab.b_error is not None:
         rows = [tab.b_error] + ([tab.b_error_low] if tab.b_error_low is not None else [])
         width = max(len(r) for r in rows)
         E = torch.tensor([list(r) + [0.0] * (width - len(r)) for r in rows],
-                         dtype=torch.float64).to(dtype=dtype, device=device).unsqueeze(0)
+                         dtype=torch.float64).to(dtype=dtype, device=device)
     P = None
     if tab.dense is not None:
-        rdtype = dtype.to_real() if dtype.is_complex else dtype
         P = torch.tensor(tab.dense, dtype=torch.float64).T.contiguous().to(
-            dtype=rdtype, device=device)
+            dtype=dtype, device=device)
     return A, E, P
 
 
 class StageBuffer:
-    """A stage buffer ``K`` of shape ``(B, S_d, N)``.
+    """A stage-major buffer ``K`` of shape ``(S_d, B, N)`` (module docstring).
 
-    Outside autograd its slices are made once (no slicing per stage; the loop reuses the
-    buffer). With autograd the in-place stage writes are recorded and must slice the buffer at
-    the time of use, so :meth:`col` and :meth:`put` slice afresh. A joint solve (``B = 1``) works
-    on the 2-D ``K[0]``, the stage values being written through views in the user's shape.
+    ``views``: its slices are made once (a buffer the loop reuses, outside autograd). Otherwise
+    the in-place stage writes are recorded by autograd and :meth:`col` and :meth:`put` slice
+    afresh. Stage values may be written in the user's shape (simple states).
     """
 
-    __slots__ = ("K", "M", "cols", "complete", "slots", "uslots")
+    __slots__ = ("K", "cols", "complete", "flat", "slots", "uslots")
 
-    def __init__(self, K: Tensor, views: bool, joint: bool, ushape):
+    def __init__(self, K: Tensor, views: bool, ushape):
         self.K = K
-        M = K[0] if joint else K
-        self.M = M
-        S = K.shape[1]
+        S = K.shape[0]
+        self.flat = K.view(S, -1) if views else None
         if views:
-            self.cols = [M[:i] for i in range(S + 1)] if joint else [M[:, :i] for i in range(S + 1)]
-            self.slots = [M[i:i + 1] for i in range(S)] if joint else [M[:, i] for i in range(S)]
+            self.cols = [self.flat[:i] for i in range(S + 1)]
+            self.slots = [K[i] for i in range(S)]  # (not unbind: its views refuse in-place writes)
             self.uslots = None if ushape is None else [x.view(ushape) for x in self.slots]
         else:
             self.cols = self.slots = self.uslots = None
         self.complete = False  # the extra dense stages are filled in
 
+    def mat(self) -> Tensor:
+        """All stages as a matrix ``(S_d, B·N)``."""
+        return self.flat if self.flat is not None else self.K.view(self.K.shape[0], -1)
+
     def col(self, i: int) -> Tensor:
-        """The first ``i`` dense stages: ``(i, N)`` joint, ``(B, i, N)`` per sample."""
-        if self.cols is not None:
-            return self.cols[i]
-        return self.M[:i] if self.M.ndim == 2 else self.M[:, :i]
+        """The first ``i`` stages as a matrix ``(i, B·N)``."""
+        return self.cols[i] if self.cols is not None else self.mat()[:i]
 
     def slot(self, i: int) -> Tensor:
-        """Dense stage ``i`` as ``(B, N)``."""
-        if self.slots is not None:
-            return self.slots[i]
-        return self.M[i:i + 1] if self.M.ndim == 2 else self.M[:, i]
+        """Stage ``i`` as ``(B, N)``."""
+        return self.slots[i] if self.slots is not None else self.K[i]
 
     def put(self, i: int, k: Tensor) -> None:
         """Write stage ``i``: ``k`` is ``(B, N)``, or in the user's shape (simple states)."""
+        if self.slots is not None and k.requires_grad:
+            # the first value autograd tracks: slices made before it may not be written or read
+            # any more (the buffer stops being a leaf), so slice afresh from now on
+            self.cols = self.slots = self.uslots = self.flat = None
         if self.slots is None:
-            if self.M.ndim == 2:
-                self.M[i] = k.reshape(-1)
-            else:
-                self.M[:, i] = k.reshape(self.M.shape[0], -1)
+            self.K[i] = k.view(self.K.shape[1:]) if k.is_contiguous() else \
+                k.reshape(self.K.shape[1:])
         elif self.uslots is not None and k.shape == self.uslots[i].shape:
             self.uslots[i].copy_(k)
         else:
@@ -182,14 +189,18 @@ class ExplicitRK:
         self.B, self.N = batch, n
         self.joint = not per_sample
         self.ushape = user_shape  # the field's own state shape, for stage values written as is
+        self._uview = user_shape is not None and tuple(user_shape) != (batch, n)
         self.dtype, self.device = dtype, device
         self.rdtype = dtype.to_real() if dtype.is_complex else dtype
         self.sign = sign
         _, c, self.y1_stage = _dense_matrix(tab)
-        A, E, self.P = _constants(tab, dtype, torch.device(device))
-        self.A = A[0] if self.joint else A
-        self.E = None if E is None else (E[0] if self.joint else E)
-        self.n_err = 0 if E is None else E.shape[2]
+        self.A, self.E, self.P = _constants(tab, dtype, torch.device(device))
+        self.n_err = 0 if self.E is None else self.E.shape[1]
+        # per-sample stage inputs: the rows A[i, :i] as (1, i) matrices, made once
+        self.a_rows = [self.A[i:i + 1, :i] for i in range(self.n_dense)]
+        # None: buffers are reused unless autograd or torch.func is active; the adaptive loop
+        # sets it per solve (False while no stage value requires grad)
+        self.tracking: bool | None = None
         self.times = StageTimes(c, sign, time_dtype, device, per_sample)
         self.c_one = tuple(i for i in range(self.y1_stage + 1) if c[i] == 1.0 and i > 0)
         self.n_extra = len(tab.extra_c)
@@ -211,25 +222,24 @@ class ExplicitRK:
                                      else (_nonzero(tab.b_error_low),)))
 
     # -- buffers -------------------------------------------------------------------------------
+    def _reuse(self) -> bool:
+        """Whether buffers may be reused and written through slices made once."""
+        return _untracked() if self.tracking is None else not self.tracking
+
     def new_buffer(self) -> StageBuffer:
-        return StageBuffer(torch.empty(self.B, self.n_dense, self.N, dtype=self.dtype,
-                                       device=self.device), views=_plain(), joint=self.joint,
+        return StageBuffer(torch.empty(self.n_dense, self.B, self.N, dtype=self.dtype,
+                                       device=self.device), views=self._reuse(),
                            ushape=self.ushape)
 
-    def _ah_rows(self, hs) -> list[Tensor]:
-        """Rows ``h·A[i, :i]`` of the stage matrix: ``(1, i)`` joint, ``(B, 1, i)`` per sample."""
-        h = hs if self.joint else hs.view(-1, 1, 1)
-        if not _plain():
-            Ah = self.A * h
-            return [Ah[i:i + 1, :i] if self.joint else Ah[:, i:i + 1, :i]
-                    for i in range(self.n_dense)]
+    def _ah_rows(self, hs: Tensor) -> list[Tensor]:
+        """Joint solves: the rows ``h·A[i, :i]`` ``(1, i)`` of the stage matrix."""
+        if not self._reuse():
+            Ah = self.A * hs
+            return [Ah[i:i + 1, :i] for i in range(self.n_dense)]
         if self._ah is None:
-            buf = torch.empty(self.A.shape if self.joint else (self.B, *self.A.shape[1:]),
-                              dtype=self.dtype, device=self.device)
-            rows = [buf[i:i + 1, :i] if self.joint else buf[:, i:i + 1, :i]
-                    for i in range(self.n_dense)]
-            self._ah = (buf, rows)
-        torch.mul(self.A, h, out=self._ah[0])
+            buf = torch.empty(self.A.shape, dtype=self.dtype, device=self.device)
+            self._ah = (buf, [buf[i:i + 1, :i] for i in range(self.n_dense)])
+        torch.mul(self.A, hs, out=self._ah[0])
         return self._ah[1]
 
     def signed(self, ds):
@@ -242,14 +252,17 @@ class ExplicitRK:
     def _eval(self, field, tu: Tensor, yi: Tensor) -> Tensor:
         """The field at a stage input (``(B, N)``), in the user's shape when the state is one
         tensor (no reshape of its value)."""
-        if self.ushape is not None:
-            return field.user(tu, yi.view(self.ushape))
-        return field(tu, yi)
+        if self.ushape is None:
+            return field(tu, yi)
+        return field.user(tu, yi.view(self.ushape) if self._uview else yi)
 
-    def _combine(self, y: Tensor, y3: Tensor | None, row: Tensor, cols: Tensor) -> Tensor:
-        if self.joint:
-            return torch.addmm(y, row, cols)
-        return torch.baddbmm(y3, row, cols).view(self.B, self.N)
+    def _combine(self, y: Tensor, hcol: Tensor | None, rows: list[Tensor], i: int,
+                 buf: StageBuffer) -> Tensor:
+        """The input of stage ``i``: ``y + Σ_j h a_ij k_j``, ``(B, N)`` (``rows``: the joint
+        solve's ``h·A`` rows; ``hcol``: the per-sample ``h`` as ``(B, 1)``)."""
+        if hcol is None:
+            return torch.addmm(y, rows[i], buf.col(i))
+        return torch.addcmul(y, hcol, torch.mm(rows[i], buf.col(i)).view(self.B, self.N))
 
     # -- the step ------------------------------------------------------------------------------
     def start(self, field, s: Tensor, y: Tensor, after: bool = False) -> Tensor:
@@ -279,34 +292,34 @@ class ExplicitRK:
             for i in self.c_one:
                 tus[i] = nudge(tus[i], self.sign, -1, mask)
         hs = self.signed(ds)
-        rows = self._ah_rows(hs)
+        if self.joint:
+            rows, hcol = self._ah_rows(hs), None
+        else:
+            rows, hcol = self.a_rows, hs.view(-1, 1)
         if k0 is None:
             t0 = nudge(tus[0], self.sign, +1) if after else tus[0]
             k0 = field(t0, y)
         buf.put(0, k0)
         raw = [k0]
-        y3 = None if self.joint else y.unsqueeze(1)
         n = self.y1_stage + (1 if (want_f1 or error) else 0)
         y1 = None
         for i in range(1, n):
-            yi = self._combine(y, y3, rows[i], buf.col(i))
+            yi = self._combine(y, hcol, rows, i, buf)
             ki = self._eval(field, tus[i], yi)
             buf.put(i, ki)
             raw.append(ki)
             if i == self.y1_stage:
                 y1 = yi
         if y1 is None:
-            y1 = self._combine(y, y3, rows[self.y1_stage], buf.col(self.y1_stage))
+            y1 = self._combine(y, hcol, rows, self.y1_stage, buf)
         err = err_low = None
         if error:
-            if self.joint:
+            if hcol is None:
                 e = torch.mm(self.E * hs, buf.col(self.n_err))
-                err = e[0:1]
-                err_low = e[1:2] if e.shape[0] > 1 else None
             else:
-                e = torch.bmm(self.E * hs.view(-1, 1, 1), buf.col(self.n_err))
-                err = e[:, 0]
-                err_low = e[:, 1] if e.shape[1] > 1 else None
+                e = torch.mm(self.E, buf.col(self.n_err)).view(-1, self.B, self.N) * hcol
+            err = e[0].view(self.B, self.N)
+            err_low = e[1].view(self.B, self.N) if e.shape[0] > 1 else None
         carry = buf.slot(n - 1) if n > self.y1_stage else None
         return StepOut(y1, err, err_low, buf, carry, raw)
 
@@ -376,17 +389,19 @@ class ExplicitRK:
             return
         tus = self.times(s, ds)
         hs = self.signed(ds)
-        Ah = self.A * (hs if self.joint else hs.view(-1, 1, 1))
-        y3 = None if self.joint else y.unsqueeze(1)
+        if self.joint:
+            Ah = self.A * hs
+            rows, hcol = [Ah[i:i + 1, :i] for i in range(self.n_dense)], None
+        else:
+            rows, hcol = self.a_rows, hs.view(-1, 1)
         for i in range(self.n_dense - self.n_extra, self.n_dense):
-            row = Ah[i:i + 1, :i] if self.joint else Ah[:, i:i + 1, :i]
-            buf.put(i, field(tus[i], self._combine(y, y3, row, buf.col(i))))
+            buf.put(i, field(tus[i], self._combine(y, hcol, rows, i, buf)))
 
     def weights(self, thetas: list[float]) -> Tensor:
         """``b_j(θ)`` for each ``θ``: ``(m, S_d)``."""
         D = self.P.shape[0]
         powers = [[th ** (p + 1) for p in range(D)] for th in thetas]
-        return torch.tensor(powers, dtype=self.rdtype, device=self.device) @ self.P
+        return torch.tensor(powers, dtype=self.dtype, device=self.device) @ self.P
 
     def interpolate(self, y: Tensor, y1: Tensor, buf: StageBuffer, hs: float,
                     thetas: list[float], row: int = 0) -> Tensor:
@@ -399,9 +414,8 @@ class ExplicitRK:
                 return rows[0] if len(rows) == 1 else torch.cat(rows)
             K = buf.matrix()
         else:
-            K = buf.K[row]
-        W = self.weights(thetas).to(self.dtype)
-        return torch.addmm(y[row:row + 1], W, K, alpha=hs)
+            K = buf.K[:, row]
+        return torch.addmm(y[row:row + 1], self.weights(thetas), K, alpha=hs)
 
     def _weights_nz(self, th: float) -> list[tuple[int, float]]:
         """The non-zero ``b_j(θ)`` as floats (Horner in ``θ``, then one factor ``θ``)."""
@@ -416,8 +430,15 @@ class ExplicitRK:
     def interpolate_rows(self, y: Tensor, y1: Tensor, buf: StageBuffer, hs: Tensor,
                          theta: Tensor) -> Tensor:
         """Per row ``b``, ``y_b(s_b + θ_bw·ds_b)`` for a window of ``θ`` ``(B, W)``:
-        ``(B, W, N)``."""
+        ``(B, W, N)`` (``hs`` the signed steps ``(B,)``).
+
+        The interpolant is ``y + hθ (C_0 + θ (C_1 + θ (…)))`` with the coefficient states
+        ``C = P @ K`` of the step (one matrix product), then a Horner sweep over the window.
+        """
         D = self.P.shape[0]
-        th = theta.to(self.rdtype).unsqueeze(-1).expand(-1, -1, D).cumprod(-1)
-        bw = (th @ self.P) * hs.view(-1, 1, 1)
-        return torch.baddbmm(y.unsqueeze(1), bw.to(self.dtype), buf.K)
+        C = torch.mm(self.P, buf.mat()).view(D, self.B, 1, self.N).unbind(0)
+        th = theta.to(self.rdtype).unsqueeze(-1)
+        r = C[D - 1]
+        for p in range(D - 2, -1, -1):
+            r = torch.addcmul(C[p], r, th)
+        return torch.addcmul(y.unsqueeze(1), r, th * hs.to(self.rdtype).view(-1, 1, 1))
