@@ -107,13 +107,17 @@ def make_row_norm(user_norm, sizes: Sequence[int] | None, to_user: Callable[[Ten
 
 
 def error_ratio(err: Tensor, err_low: Tensor | None, y0: Tensor, y1: Tensor, rtol, atol,
-                norm: RowNorm) -> Tensor:
-    """``norm(err / (atol + rtol·max(|y0|, |y1|)))`` per row, ``(B,)`` (``err`` is consumed).
+                norm: RowNorm, abs_y0: Tensor | None = None,
+                abs_y1: Tensor | None = None) -> Tensor:
+    """``norm(err / (atol + rtol·max(|y0|, |y1|)))`` per row, ``(B,)`` (``err`` is consumed;
+    ``abs_y0``, ``abs_y1``: ``|y0|``, ``|y1|`` when the caller has them — ``|y0|`` is the
+    accepted step's ``|y1|``).
 
     With a second, lower-order estimate (DOP853) the two are blended as in Hairer's dop853.f:
     ``r5² / sqrt(r5² + 0.01 r3²)``, an estimate that behaves like the method's own order.
     """
-    scale = torch.maximum(y0.abs(), y1.abs()).mul_(rtol).add_(atol)
+    scale = torch.maximum(y0.abs() if abs_y0 is None else abs_y0,
+                          y1.abs() if abs_y1 is None else abs_y1).mul_(rtol).add_(atol)
     r = norm(err.div_(scale))
     if err_low is not None:
         r3 = norm(err_low.div_(scale))

@@ -46,6 +46,14 @@ class DeviceScalars:
 
     def __init__(self, rdtype: torch.dtype, tdtype: torch.dtype, device):
         self.rdtype, self.tdtype, self.device = rdtype, tdtype, device
+        self._packs: dict = {}
+
+    def pack(self, owner, build) -> tuple:
+        """``build(self)``, made once per ``owner``: the constants a caller uses every step."""
+        p = self._packs.get(id(owner))
+        if p is None:
+            p = self._packs[id(owner)] = build(self)
+        return p
 
     def r(self, x: float) -> Tensor:
         """A constant in the ratio's dtype."""
@@ -57,6 +65,15 @@ class DeviceScalars:
 
     def i(self, x: int) -> Tensor:
         return _const(x, torch.int64, self.device)
+
+    def w(self, x: float) -> Tensor:
+        """A float64 constant (the initial-step heuristic's arithmetic)."""
+        return _const(float(x), torch.float64, self.device)
+
+    @staticmethod
+    def wide(x: Tensor) -> Tensor:
+        """A row value in float64 (no read)."""
+        return x.to(torch.float64)
 
     where = staticmethod(torch.where)
     minimum = staticmethod(torch.minimum)
@@ -103,6 +120,11 @@ class HostScalars:
 
     host = True
 
+    def __init__(self):
+        self._packs: dict = {}
+
+    pack = DeviceScalars.pack
+
     @staticmethod
     def r(x: float) -> float:
         return x
@@ -112,6 +134,13 @@ class HostScalars:
     @staticmethod
     def i(x: int) -> int:
         return x
+
+    w = r
+
+    @staticmethod
+    def wide(x: Tensor) -> float:
+        """A one-row value as a float (a read)."""
+        return float(x)
 
     @staticmethod
     def where(c: bool, a, b):

@@ -192,6 +192,7 @@ class AdaptiveLoop:
         self.atol = pb.atol if isinstance(pb.atol, Tensor) else dev_s.r(pb.atol)
         # stage buffers: a ring while nothing is tracked by autograd (records of a window keep
         # theirs), else fresh ones (``run`` decides, once the first slope is known)
+        self._abs = (None, None)  # (y1, |y1|) of the last host step
         self.functorch = torch._C._functorch.peek_interpreter_stack() is not None
         self.tracking = self.grad or self.functorch
         self.fresh_buffers = True
@@ -230,17 +231,22 @@ class AdaptiveLoop:
             sign = pb.sign
 
             def f_eval(t0, h0, y1):
-                f1 = pb.field(self._user_time(t0 + h0), y1)
+                s1 = t0 + h0
+                f1 = pb.field(pb.user_time(s1) if S.host else self._user_time(s1), y1)
                 return f1 if sign > 0 else -f1
 
-            t_row = torch.as_tensor(t, dtype=torch.float64, device=self.dev).reshape(-1)
-            span = torch.as_tensor(self.t_end, dtype=torch.float64,
-                                   device=self.dev).reshape(-1) - t_row
+            if S.host:
+                t_row, span = float(t), self.t_end - float(t)
+                span = span if math.isfinite(span) else None
+            else:
+                t_row = torch.as_tensor(t, dtype=torch.float64, device=self.dev).reshape(-1)
+                span = torch.as_tensor(self.t_end, dtype=torch.float64,
+                                       device=self.dev).reshape(-1) - t_row
+                span = span if bool(torch.isfinite(span).all()) else None
             k0 = k0 if sign > 0 else -k0
-            h = initial_step(f_eval, t_row, y.detach(), k0.detach(), self.stepper.error_order,
-                             pb.rtol, pb.atol, pb.norm,
-                             span if bool(torch.isfinite(span).all()) else None).detach()
-            h = float(h[0]) if S.host else h.to(self.tdt)
+            h = initial_step(S, f_eval, t_row, y.detach(), k0.detach(),
+                             self.stepper.error_order, pb.rtol, pb.atol, pb.norm, span)
+            h = h if S.host else h.detach().to(self.tdt)
         if ctl.min_step > 0 or ctl.max_step < math.inf:
             h = S.clamp(h, S.t(ctl.min_step), S.t(ctl.max_step))
         return h
@@ -320,6 +326,11 @@ class AdaptiveLoop:
         with torch.no_grad():
             if out.ratio is not None:
                 ratio = out.ratio
+            elif S.host:  # |y| of an accepted step is the next step's |y0|
+                a1 = out.y1.abs()
+                ratio = error_ratio(out.err, out.err_low, st.y, out.y1, self.rtol, self.atol,
+                                    pb.norm, self._abs[1] if self._abs[0] is st.y else None, a1)
+                self._abs = (out.y1, a1)
             else:
                 ratio = error_ratio(out.err, out.err_low, st.y, out.y1, self.rtol, self.atol,
                                     pb.norm)
@@ -334,21 +345,21 @@ class AdaptiveLoop:
             accept, h_new, cst = self.controller.update(
                 S, ratio, dt, st.h, ControllerState(st.history, st.prev, st.cap), st.done,
                 landing, safety=out.safety, hold=out.hold, failed=hint)
+            tiny, inf, t_min, c_small, c_nonfinite, c_newton = S.pack(self, self._constants)
             # A step whose next size is below the time resolution (8 ulp of t) fails: a rejected
             # one cannot shrink further, an accepted one could not advance t. Its status says
             # whether the last ratio was finite (a genuine underflow) or not (NaN/inf).
-            tiny = S.t(8 * self.eps)
             # (not '<=': a NaN step size fails too; so does an infinite one, whose time overflowed
             # — an event solve on [t0, ∞) whose event never comes)
-            failed = S.not_((h_new > S.maximum(S.abs(st.t) * tiny, tiny))
-                            & (h_new < S.t(math.inf))) & S.not_(st.done)
+            failed = S.not_(((h_new > S.maximum(S.abs(st.t) * tiny, tiny)) & (h_new < inf))
+                            | st.done)
             finite = S.finite(ratio)
             if self.ctl.min_step > 0:  # stuck at min_step on a non-finite step
                 failed = failed | (S.not_(accept | st.done | finite)
-                                   & (S.minimum(st.h, dt) <= S.t(self.ctl.min_step)))
-            code = S.where(finite, S.i(Status.STEP_SIZE_TOO_SMALL), S.i(Status.NON_FINITE))
+                                   & (S.minimum(st.h, dt) <= t_min))
+            code = S.where(finite, c_small, c_nonfinite)
             if hint is not None:
-                code = S.where(hint, S.i(Status.NEWTON_FAILED), code)
+                code = S.where(hint, c_newton, code)
             finished = accept & landing
             if seg.stops is not None or self.per_sample:  # landing may be on an inner stop
                 finished = finished & (t_next >= seg.end)
@@ -418,6 +429,12 @@ class AdaptiveLoop:
         return self._result(st.t, st.y, st.status, st.n_steps, st.n_acc, st.fail_dt, st.h,
                             st.idx, record, steps_log, host_syncs, iterations, nfe0, event,
                             st.carry)
+
+    def _constants(self, S) -> tuple:
+        """The numbers of :meth:`attempt` in the back end's form (made once per back end)."""
+        return (S.t(8 * self.eps), S.t(math.inf), S.t(self.ctl.min_step),
+                S.i(Status.STEP_SIZE_TOO_SMALL), S.i(Status.NON_FINITE),
+                S.i(Status.NEWTON_FAILED))
 
     def _set_tracking(self, tracking: bool) -> None:
         """Whether autograd records the solve: stage buffers are then fresh per step (a ring is

@@ -52,12 +52,20 @@ class StageTimes:
 
     def __init__(self, c, sign: float, time_dtype: torch.dtype, device, per_sample: bool):
         self.nodes = tuple(float(x) for x in c)
-        ct = torch.tensor(self.nodes, dtype=torch.float64, device=device)
-        self.c = ct.view(-1, 1) if per_sample else ct
+        self.per_sample = per_sample
+        self._c = None
         self.sign = sign
         self.dtype = time_dtype
         self.device = device
         self.cast = time_dtype != torch.float64
+
+    @property
+    def c(self) -> Tensor:
+        """The nodes as a float64 tensor (``(S, 1)`` per sample), made when first needed."""
+        if self._c is None:
+            ct = torch.tensor(self.nodes, dtype=torch.float64, device=self.device)
+            self._c = ct.view(-1, 1) if self.per_sample else ct
+        return self._c
 
     def __call__(self, s, ds) -> list[Tensor]:
         """Stage times from tensors ``s``, ``ds`` (``(B,)``) or from host floats."""
@@ -77,7 +85,7 @@ class StageTimes:
         if not isinstance(s, Tensor):
             return torch.tensor(self.sign * s, dtype=self.dtype, device=self.device)
         tu = (s if self.sign > 0 else -s).to(self.dtype)
-        return tu if self.c.ndim == 2 else tu.reshape(())
+        return tu if self.per_sample else tu.reshape(())
 
 
 def nudge(t: Tensor, sign: float, side: int, mask: Tensor | None = None) -> Tensor:

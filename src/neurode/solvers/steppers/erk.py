@@ -21,6 +21,7 @@ tensors instead (:class:`HostStages`).
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -54,6 +55,35 @@ def _dense_matrix(tab: ButcherTableau) -> tuple[list[list[float]], list[float], 
 def _untracked() -> bool:
     """Outside autograd and outside ``torch.func`` transforms: buffers may be reused in place."""
     return not torch.is_grad_enabled() and torch._C._functorch.peek_interpreter_stack() is None
+
+
+class _HostPlan(NamedTuple):
+    """A tableau's numbers as the host path uses them (made once per tableau)."""
+
+    c: tuple[float, ...]  # the dense stages' nodes
+    y1_stage: int
+    c_one: tuple[int, ...]  # stages after k0 at c = 1
+    rows_nz: tuple  # per dense stage: its input's non-zero (stage, a_ij)
+    plan: tuple  # per stage after k0: (index, node, row, c = 1), without / with f(t + h, y1)
+    err_nz: tuple  # the error rows' non-zero (stage, e_j)
+    dense_rows: tuple  # the dense polynomials' non-zero (stage, coefficients) rows
+
+
+@lru_cache(maxsize=64)
+def _host_plan(tab: ButcherTableau) -> _HostPlan:
+    Ad, c, y1_stage = _dense_matrix(tab)
+    c = tuple(float(x) for x in c)
+    c_one = tuple(i for i in range(y1_stage + 1) if c[i] == 1.0 and i > 0)
+    rows_nz = tuple(_nonzero(r) for r in Ad)
+    stage_plan = [(i, c[i], rows_nz[i], i in c_one) for i in range(1, y1_stage + 1)]
+    err_nz = () if tab.b_error is None else (
+        _nonzero(tab.b_error), *(() if tab.b_error_low is None
+                                 else (_nonzero(tab.b_error_low),)))
+    dense_rows = () if tab.dense is None else tuple(
+        (j, tuple(float(x) for x in row)) for j, row in enumerate(tab.dense)
+        if any(x != 0.0 for x in row))
+    return _HostPlan(c, y1_stage, c_one, rows_nz, (tuple(stage_plan[:-1]), tuple(stage_plan)),
+                     err_nz, dense_rows)
 
 
 @lru_cache(maxsize=64)
@@ -193,33 +223,21 @@ class ExplicitRK:
         self.dtype, self.device = dtype, device
         self.rdtype = dtype.to_real() if dtype.is_complex else dtype
         self.sign = sign
-        _, c, self.y1_stage = _dense_matrix(tab)
+        hp = _host_plan(tab)
+        c, self.y1_stage, self.c_one = hp.c, hp.y1_stage, hp.c_one
+        self.rows_nz, self._plan, self.err_nz, self.dense_rows = (
+            hp.rows_nz, hp.plan, hp.err_nz, hp.dense_rows)
         self.A, self.E, self.P = _constants(tab, dtype, torch.device(device))
         self.n_err = 0 if self.E is None else self.E.shape[1]
         # per-sample stage inputs: the rows A[i, :i] as (1, i) matrices, made once
-        self.a_rows = [self.A[i:i + 1, :i] for i in range(self.n_dense)]
+        self.a_rows = None if self.joint else [self.A[i:i + 1, :i] for i in range(self.n_dense)]
         # None: buffers are reused unless autograd or torch.func is active; the adaptive loop
         # sets it per solve (False while no stage value requires grad)
         self.tracking: bool | None = None
         self.times = StageTimes(c, sign, time_dtype, device, per_sample)
-        self.c_one = tuple(i for i in range(self.y1_stage + 1) if c[i] == 1.0 and i > 0)
         self.n_extra = len(tab.extra_c)
         self.evals_per_step = self.y1_stage
         self._ah = None
-        self.dense_rows = () if tab.dense is None else tuple(
-            (j, tuple(float(x) for x in row)) for j, row in enumerate(tab.dense)
-            if any(x != 0.0 for x in row))
-        # the host path's coefficients: non-zero (stage, value) pairs per dense-stage row
-        Ad, _, _ = _dense_matrix(tab)
-        self.rows_nz = tuple(_nonzero(r) for r in Ad)
-        # per stage evaluated after k0: (index, node, its row, a c = 1 stage), without or with
-        # the stage f(t + h, y1)
-        stage_plan = [(i, c[i], self.rows_nz[i], i in self.c_one)
-                      for i in range(1, self.y1_stage + 1)]
-        self._plan = (tuple(stage_plan[:-1]), tuple(stage_plan))
-        self.err_nz = () if tab.b_error is None else (
-            _nonzero(tab.b_error), *(() if tab.b_error_low is None
-                                     else (_nonzero(tab.b_error_low),)))
 
     # -- buffers -------------------------------------------------------------------------------
     def _reuse(self) -> bool:
@@ -398,10 +416,14 @@ class ExplicitRK:
             buf.put(i, field(tus[i], self._combine(y, hcol, rows, i, buf)))
 
     def weights(self, thetas: list[float]) -> Tensor:
-        """``b_j(θ)`` for each ``θ``: ``(m, S_d)``."""
-        D = self.P.shape[0]
-        powers = [[th ** (p + 1) for p in range(D)] for th in thetas]
-        return torch.tensor(powers, dtype=self.dtype, device=self.device) @ self.P
+        """``b_j(θ)`` for each ``θ``: ``(m, S_d)`` (evaluated on the host, one tensor made)."""
+        rows = []
+        for th in thetas:
+            row = [0.0] * self.n_dense
+            for j, w in self._weights_nz(th):
+                row[j] = w
+            rows.append(row)
+        return torch.tensor(rows, dtype=self.dtype, device=self.device)
 
     def interpolate(self, y: Tensor, y1: Tensor, buf: StageBuffer, hs: float,
                     thetas: list[float], row: int = 0) -> Tensor:
