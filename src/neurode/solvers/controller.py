@@ -96,7 +96,7 @@ class PIDController:
             ``(accept, h_next, state)``.
         """
         (one, tiny, floor, k_sf, k_safety, k_e1, k_erej, k_dfac, k_09, k_ifac, k_12, k_half,
-         k_min, k_max) = S.pack(self, self._constants)
+         k_min, k_max) = S.pack("controller", self._constants)
         where = S.where
         ok = ratio <= one
         if self.min_step > 0:
@@ -157,7 +157,7 @@ def initial_step(S, f_eval, t0, y0: Tensor, f0: Tensor, error_order: int, rtol, 
     ``span`` (optional) bounds the first step by the length of the interval.
     """
     one, c_tiny, c_abs, c_frac, c_pos, c_flat, c_shrink, c_grow = S.pack(
-        initial_step, _heuristic_constants)
+        "initial_step", _heuristic_constants)
     where, maximum, minimum = S.where, S.maximum, S.minimum
     with torch.no_grad():
         tscale = maximum(S.abs(t0), one)

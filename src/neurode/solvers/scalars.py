@@ -48,11 +48,14 @@ class DeviceScalars:
         self.rdtype, self.tdtype, self.device = rdtype, tdtype, device
         self._packs: dict = {}
 
-    def pack(self, owner, build) -> tuple:
-        """``build(self)``, made once per ``owner``: the constants a caller uses every step."""
-        p = self._packs.get(id(owner))
+    def pack(self, key: str, build) -> tuple:
+        """``build(self)``, made once per ``key`` (one back end serves one loop, whose
+        controller, initial step and loop each have one key): the constants a caller uses
+        every step. Keys are strings so that ``torch.compile`` guards on them cheaply; the loop
+        makes its packs before it compiles a step."""
+        p = self._packs.get(key)
         if p is None:
-            p = self._packs[id(owner)] = build(self)
+            p = self._packs[key] = build(self)
         return p
 
     def r(self, x: float) -> Tensor:

@@ -80,15 +80,22 @@ class LoopState(NamedTuple):
     idx: Tensor | None
 
 
+def _int_attrs_dynamic():
+    # a field that counts its calls (``self.nfe += 1`` on an nn.Module, as torchdiffeq's examples
+    # do) would otherwise recompile the step at every new count
+    return torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True)
+
+
 def compile_step(step):
     """``torch.compile`` the step as one graph (``fullgraph``); if the field cannot be traced into
     one graph, fall back to a compilation with graph breaks, and say so once."""
-    full = torch.compile(step, dynamic=False, fullgraph=True)
+    full = torch.compile(step, dynamic=None, fullgraph=True)
     state = {"fn": full}
 
     def run(*args):
         try:
-            return state["fn"](*args)
+            with _int_attrs_dynamic():
+                return state["fn"](*args)
         except Exception as e:  # torch._dynamo raises its own Unsupported/UserError types
             if state["fn"] is not full:
                 raise
@@ -97,8 +104,9 @@ def compile_step(step):
             warnings.warn(f"options['compile']: the step does not compile to one graph "
                           f"({type(e).__name__}); compiling with graph breaks instead",
                           stacklevel=2)
-            state["fn"] = torch.compile(step, dynamic=False)
-            return state["fn"](*args)
+            state["fn"] = torch.compile(step, dynamic=None)
+            with _int_attrs_dynamic():
+                return state["fn"](*args)
 
     return run
 
@@ -168,6 +176,8 @@ class AdaptiveLoop:
         self.callbacks = pb.callbacks
         host = host_decisions(pb, stepper)
         self.S = HostScalars() if host else DeviceScalars(self.rdtype, self.tdt, self.dev)
+        self.S.pack("loop", self._constants)  # before any step is compiled
+        self.S.pack("controller", self.controller._constants)
         # callbacks must see every step once: the device loop then checks after every step
         self.K = 1 if (host or self.callbacks is not None) else ctl.sync_every
         self.end = (pb.t_out[-1] if pb.t_out else None) if t_end is None else t_end
@@ -200,7 +210,23 @@ class AdaptiveLoop:
         self.step_fn = self.attempt
         self.compiled = ctl.compile and not host and quad is None
         if self.compiled:
-            self.step_fn = compile_step(self._counted_off(self.attempt))
+            if hasattr(stepper, "prepare_compile"):
+                stepper.prepare_compile()
+            self.step_fn = self._eager_first(compile_step(self._counted_off(self.attempt)))
+
+    def _eager_first(self, compiled):
+        # the first attempt runs eagerly: it makes the caches and constants made on first use
+        # (torch.compile would guard on them and recompile once they exist)
+        eager = self._counted_off(self.attempt)
+        state = {"first": True}
+
+        def run(*args):
+            if state["first"]:
+                state["first"] = False
+                return eager(*args)
+            return compiled(*args)
+
+        return run
 
     def _counted_off(self, fn):
         field = self.pb.field
@@ -345,7 +371,7 @@ class AdaptiveLoop:
             accept, h_new, cst = self.controller.update(
                 S, ratio, dt, st.h, ControllerState(st.history, st.prev, st.cap), st.done,
                 landing, safety=out.safety, hold=out.hold, failed=hint)
-            tiny, inf, t_min, c_small, c_nonfinite, c_newton = S.pack(self, self._constants)
+            tiny, inf, t_min, c_small, c_nonfinite, c_newton = S.pack("loop", self._constants)
             # A step whose next size is below the time resolution (8 ulp of t) fails: a rejected
             # one cannot shrink further, an accepted one could not advance t. Its status says
             # whether the last ratio was finite (a genuine underflow) or not (NaN/inf).
@@ -423,7 +449,8 @@ class AdaptiveLoop:
             st = LoopState(self.t0.clone(), h, y, carry, cst.history, cst.prev, cst.cap,
                            zeros, bad | (self.t0 >= self.t_end),
                            torch.where(bad, Status.NON_FINITE, zeros),
-                           torch.zeros(B, dtype=self.tdt, device=dev), zeros, zeros, idx)
+                           torch.zeros(B, dtype=self.tdt, device=dev), zeros.clone(), zeros.clone(),
+                           idx)  # distinct tensors: torch.compile guards on their aliasing
         loop = self._run_host if S.host else self._run_device
         st, event, host_syncs, iterations = loop(st, record, steps_log)
         return self._result(st.t, st.y, st.status, st.n_steps, st.n_acc, st.fail_dt, st.h,

@@ -18,7 +18,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from neurode.solvers.steppers.base import StageTimes, StepOut, hermite_many, nudge
+from neurode.solvers.steppers.base import HermiteDense, StageTimes, StepOut, nudge
 from neurode.solvers.steppers.erk import ExplicitRK
 
 __all__ = ["Adams", "adams_weights"]
@@ -58,7 +58,7 @@ def _lincomb(base: Tensor, fs: list[Tensor], ws, h: float) -> Tensor:
     return out
 
 
-class Adams:
+class Adams(HermiteDense):
     """Adams steps on a joint ``(1, N)`` state; the carry is ``(times, derivatives)``."""
 
     kind = "adams"
@@ -131,14 +131,3 @@ class Adams:
         self.last_nfe = nfe
         return StepOut(y1, None, None, (fy, f1), (times, derivs))
 
-    def complete(self, field, s, ds, y, dense) -> None:
-        return None
-
-    def slopes(self, out: StepOut):
-        """The end slopes ``(f0, f1)`` of the step's cubic Hermite interpolant."""
-        return out.dense
-
-    def interpolate(self, y: Tensor, y1: Tensor, dense, hs: float, thetas: list[float],
-                    row: int = 0) -> Tensor:
-        f0, f1 = dense
-        return hermite_many(y[row], f0[row], y1[row], f1[row], hs, thetas)

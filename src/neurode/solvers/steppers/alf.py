@@ -35,9 +35,9 @@ import torch
 from torch import Tensor
 
 from neurode.solvers.steppers.base import (
+    HermiteDense,
     StageTimes,
     StepOut,
-    hermite_many,
     hermite_rows,
     nudge,
 )
@@ -45,7 +45,7 @@ from neurode.solvers.steppers.base import (
 __all__ = ["ALF"]
 
 
-class ALF:
+class ALF(HermiteDense):
     """ALF steps on ``(B, N)`` states; the carry is ``v`` (module docstring)."""
 
     kind = "alf"
@@ -126,17 +126,6 @@ class ALF:
             return out.carry if accept else v
         return torch.where(accept.view(-1, 1), out.carry, v)
 
-    def complete(self, field, s, ds, y, dense) -> None:
-        return None
-
-    def slopes(self, out: StepOut):
-        """The end slopes ``(f0, f1)`` of the step's cubic Hermite interpolant."""
-        return out.dense
-
-    def interpolate(self, y: Tensor, y1: Tensor, dense, hs: float, thetas: list[float],
-                    row: int = 0) -> Tensor:
-        v, v1 = dense
-        return hermite_many(y[row], v[row], y1[row], v1[row], hs, thetas)
 
     def interpolate_rows(self, y: Tensor, y1: Tensor, dense, hs: Tensor, theta: Tensor) -> Tensor:
         v, v1 = dense

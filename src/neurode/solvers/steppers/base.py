@@ -19,7 +19,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["StageTimes", "StepOut", "hermite", "hermite_many", "hermite_rows", "nudge"]
+__all__ = ["HermiteDense", "StageTimes", "StepOut", "hermite", "hermite_many", "hermite_rows",
+           "nudge"]
 
 
 class StepOut(NamedTuple):
@@ -134,3 +135,20 @@ def hermite_rows(y0: Tensor, f0: Tensor, y1: Tensor, f1: Tensor, hs: Tensor,
     W = torch.stack([2 * th3 - 3 * th2 + 1, -2 * th3 + 3 * th2, h * (th3 - 2 * th2 + th),
                      h * (th3 - th2)], -1).to(y0.dtype)
     return W @ torch.stack([y0, y1, f0, f1], 1)
+
+
+class HermiteDense:
+    """Dense output for steppers without their own continuous extension: a step's dense info
+    is its end slopes ``(f0, f1)`` and the interpolant is the cubic Hermite one."""
+
+    def complete(self, field, s, ds, y, dense) -> None:
+        return None
+
+    def slopes(self, out: StepOut):
+        """The end slopes ``(f0, f1)`` of the step's cubic Hermite interpolant."""
+        return out.dense
+
+    def interpolate(self, y: Tensor, y1: Tensor, dense, hs: float, thetas: list[float],
+                    row: int = 0) -> Tensor:
+        f0, f1 = dense
+        return hermite_many(y[row], f0[row], y1[row], f1[row], hs, thetas)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from neurode.solvers.options import NewtonOptions
-from neurode.solvers.steppers.base import StageTimes, StepOut, hermite_many, nudge
+from neurode.solvers.steppers.base import HermiteDense, StageTimes, StepOut, nudge
 from neurode.solvers.steppers.newton import NewtonFailedError, StageSolver, attach_ift
 from neurode.solvers.tableau import ImplicitTableau
 from neurode.solvers.tableaux.implicit import RADAU_E, RADAU_MU
@@ -48,7 +48,7 @@ def _scale(y: Tensor, y1: Tensor | None, rtol, atol) -> Tensor:
     return (atol + rtol * mag).reshape(-1)
 
 
-class _Implicit:
+class _Implicit(HermiteDense):
     """What the fixed and the adaptive implicit steppers share: the flat field, stage times."""
 
     kind = "irk"
@@ -120,17 +120,6 @@ class _Implicit:
     def commit(self, carry, out: StepOut, accept: Tensor):
         return out.carry
 
-    def complete(self, field, s, ds, y, dense) -> None:
-        return None
-
-    def slopes(self, out: StepOut):
-        """The end slopes ``(f0, f1)`` of the step's cubic Hermite interpolant."""
-        return out.dense
-
-    def interpolate(self, y: Tensor, y1: Tensor, dense, hs: float, thetas: list[float],
-                    row: int = 0) -> Tensor:
-        f0, f1 = dense
-        return hermite_many(y[row], f0[row], y1[row], f1[row], hs, thetas)
 
 
 class ImplicitRK(_Implicit):
