@@ -65,8 +65,11 @@ class StepSizeTooSmallError(SolverError):
     """The adaptive step size fell below what the floating-point time can resolve."""
 
 
-class MaxStepsReachedError(SolverError):
-    """``max_num_steps`` steps were taken before the final time was reached."""
+class MaxStepsReachedError(SolverError, AssertionError):
+    """``max_num_steps`` steps were taken before the final time was reached.
+
+    Also an ``AssertionError`` whose message starts with ``max_num_steps``, as torchdiffeq's
+    (code that catches that, e.g. to count a failed solve, keeps working)."""
 
 
 class NewtonConvergenceError(SolverError):

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from neurode.errors import InvalidInputError
 
-__all__ = ["SwapParams", "needs_grad", "param_names", "resolve_params"]
+__all__ = ["SwapParams", "needs_grad", "param_names", "resolve_params", "vjp_grad"]
 
 
 def resolve_params(func, adjoint_params) -> tuple[Tensor, ...]:
@@ -60,3 +60,17 @@ class SwapParams:
 
     def __exit__(self, *exc):
         return self.ctx.__exit__(*exc)
+
+
+def vjp_grad(outputs, inputs, grad_outputs) -> tuple[Tensor | None, ...]:
+    """``torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True)`` that also
+    holds when some or all outputs do not depend on anything that requires grad (a field of
+    ``t`` alone, a constant component): those contribute nothing, and the inputs get ``None``.
+    """
+    outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    gos = [grad_outputs] if isinstance(grad_outputs, Tensor) else list(grad_outputs)
+    keep = [i for i, o in enumerate(outs) if o.requires_grad]
+    if not keep:
+        return (None,) * len(inputs)
+    return torch.autograd.grad([outs[i] for i in keep], inputs, [gos[i] for i in keep],
+                               allow_unused=True)

@@ -25,7 +25,13 @@ from torch import Tensor
 
 from neurode.errors import InvalidInputError
 from neurode.gradients._functorch import in_transform, solve_function
-from neurode.gradients._params import SwapParams, needs_grad, param_names, resolve_params
+from neurode.gradients._params import (
+    SwapParams,
+    needs_grad,
+    param_names,
+    resolve_params,
+    vjp_grad,
+)
 from neurode.gradients.adjoint_per_sample import odeint_adjoint_per_sample
 from neurode.solvers.api import integrate, integrate_event, odeint, raise_failure
 from neurode.solvers.norms import rms_norm
@@ -78,6 +84,47 @@ def _adjoint_forward(spec: _Spec, y0: Tensor, t: Tensor, *params: Tensor) -> Ten
         return res.ys[:, 0]
 
 
+def _flat_tol(tol, L, like: Tensor):
+    """A per-component tolerance (a tensor broadcastable to ``y0``, or one entry per tuple
+    component) as a flat ``(N,)`` tensor laid out as the flat state; numbers stay numbers."""
+    if isinstance(tol, (int, float)):
+        return tol
+    if isinstance(tol, Tensor) and tol.numel() == 1:
+        return float(tol)
+    parts = [tol] if isinstance(tol, Tensor) else list(tol)
+    if len(parts) != len(L.shapes):
+        raise InvalidInputError(f"adjoint tolerance: expected one entry per component of y0 "
+                                f"({len(L.shapes)}), got {len(parts)}")
+    flat = [torch.broadcast_to(torch.as_tensor(p, dtype=like.real.dtype, device=like.device),
+                               shape).reshape(-1) for p, shape in zip(parts, L.shapes, strict=True)]
+    return torch.cat(flat)
+
+
+def _aug_tols(tol, n_extra: int):
+    """Tolerances of the augmented state ``(z, a, a_θ...)``: ``z`` and ``a`` get ``tol``
+    (``a`` has ``z``'s layout), the parameter adjoints the strictest of its entries."""
+    if not isinstance(tol, Tensor):
+        return tol
+    return (tol, tol, *([float(tol.min())] * n_extra))
+
+
+def _user_adjoint_norm(norm, L):
+    """A user's adjoint norm, called as torchdiffeq documents it: on ``(a_t, y, a_y,
+    *a_params)`` for a tensor ``y0`` (``y`` and ``a_y`` in ``y0``'s shape), on ``(a_t, *y,
+    *a_y, *a_params)`` for a tuple. neurode gets ``dL/dt`` in closed form instead of
+    integrating it, so ``a_t`` is a zero 0-d tensor."""
+    def parts(v: Tensor) -> tuple[Tensor, ...]:
+        u = L.to_user(v)
+        return (u,) if isinstance(u, Tensor) else tuple(u)
+
+    def adjoint_norm(state):
+        y, a, *a_p = state
+        a_t = torch.zeros((), dtype=y.real.dtype, device=y.device)
+        return norm((a_t, *parts(y), *parts(a), *a_p))
+
+    return adjoint_norm
+
+
 def _adjoint_backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tensor],
                       grad_ys: Tensor, needs: Sequence[bool]):
     pb = spec.pb
@@ -117,7 +164,7 @@ def _adjoint_backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tenso
             with torch.enable_grad():
                 y_ = y.detach().requires_grad_(True)
                 fy = f_flat(tt, y_)
-                grads = torch.autograd.grad(fy, (y_, *active), -a, allow_unused=True)
+                grads = vjp_grad(fy, (y_, *active), -a)
         vjp_y = grads[0] if grads[0] is not None else torch.zeros_like(y)
         vjp_p = [torch.zeros_like(p) if g is None else g for p, g in zip(active, grads[1:],
                                                                           strict=True)]
@@ -149,9 +196,12 @@ def _adjoint_backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tenso
     # The parameter adjoints as a quadrature beside (z, a) (no concatenation into the state, no
     # stage arithmetic on them): for the explicit Runge–Kutta methods with the default norm or
     # seminorm and scalar tolerances. Otherwise they join the state.
+    zs = ys[:, 0] if ys.ndim == 3 else ys
+    rtol, atol = (_flat_tol(opts[k], L, zs) for k in ("rtol", "atol"))
     use_quad = (a_spec.tableau is not None and hasattr(a_spec.tableau, "fsal")
-                and norm_opt in (None, "seminorm") and bool(active)
-                and all(isinstance(x, (int, float)) for x in (opts["rtol"], opts["atol"])))
+                and norm_opt in (None, "seminorm") and bool(active))
+    # the quadrature's own tolerance: the strictest entry of a per-component one
+    q_rtol, q_atol = (float(x.min()) if isinstance(x, Tensor) else float(x) for x in (rtol, atol))
     if use_quad:
         options.pop("norm", None)  # (z, a) as a tuple: the mixed norm is the seminorm
     elif norm_opt == "seminorm":
@@ -160,8 +210,9 @@ def _adjoint_backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tenso
         options["norm"] = lambda s: torch.maximum(rms_norm(s[0]), rms_norm(s[1]))
     elif norm_opt is None:
         options.pop("norm", None)
+    elif callable(norm_opt):
+        options["norm"] = _user_adjoint_norm(norm_opt, L)
 
-    zs = ys[:, 0] if ys.ndim == 3 else ys
     gs = grad_ys[:, 0] if grad_ys.ndim == 3 else grad_ys
     a = gs[-1].clone()
     a_p = [torch.zeros_like(p) for p in active]
@@ -180,16 +231,16 @@ def _adjoint_backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tenso
                     o["first_step"] = first_step  # no fresh step-size search per interval
                 span = torch.stack([t_user[i], t_user[i - 1]])
                 if use_quad:
-                    aug_pb = make_problem(aug_func_za, (yi, a), span, opts["rtol"],
-                                          opts["atol"], opts["method"], o)
+                    aug_pb = make_problem(aug_func_za, (yi, a), span, _aug_tols(rtol, 0),
+                                          _aug_tols(atol, 0), opts["method"], o)
                     aug_pb = replace(aug_pb, field=AttachingField(aug_pb.field, last_q))
-                    quad = Quadrature(a_p, a_spec.tableau,
-                                      rtol=float(opts["rtol"]), atol=float(opts["atol"]),
+                    quad = Quadrature(a_p, a_spec.tableau, rtol=q_rtol, atol=q_atol,
                                       controlled=norm_opt is None)
                     res = integrate(aug_pb, quad=quad)
                 else:
-                    aug_pb = make_problem(aug_func, (yi, a, *a_p), span, opts["rtol"],
-                                          opts["atol"], opts["method"], o, allow_seminorm=False)
+                    aug_pb = make_problem(aug_func, (yi, a, *a_p), span,
+                                          _aug_tols(rtol, len(a_p)), _aug_tols(atol, len(a_p)),
+                                          opts["method"], o, allow_seminorm=False)
                     res = integrate(aug_pb)
                 raise_failure(aug_pb, res)
                 if res.h_next is not None and adaptive:

@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from neurode.errors import InvalidInputError
-from neurode.gradients._params import resolve_params
-from neurode.solvers.api import integrate, raise_failure
+from neurode.gradients._params import resolve_params, vjp_grad
+from neurode.solvers.api import integrate, raise_failure, time_grad_start, with_time_grad
 from neurode.solvers.problem import Problem, make_problem
 from neurode.solvers.quadrature import attach, stage_q
 from neurode.solvers.steppers.erk import ExplicitRK
@@ -59,8 +59,7 @@ class _Augmented:
         with torch.enable_grad():
             zg = z.detach().requires_grad_(True)
             fz = L.from_user(self.pb.func(tu, L.to_user(zg)))
-            vj = torch.autograd.grad(fz, (zg, *self.params), grad_outputs=a * self.h,
-                                     allow_unused=True)
+            vj = vjp_grad(fz, (zg, *self.params), a * self.h)
         ka = torch.zeros_like(a) if vj[0] is None else -vj[0] / self.div
         q = [torch.zeros_like(p) if v is None else v for p, v in zip(self.params, vj[1:],
                                                                       strict=True)]
@@ -129,16 +128,15 @@ def odeint_adjoint_per_sample(func, y0, t: Tensor, *, rtol: float = 1e-7, atol: 
                               adjoint_params: Sequence[Tensor] | None = None):
     """Per-sample solve (as ``odeint(..., options={"per_sample": True})``) whose gradient is
     computed by the joint per-sample adjoint (module docstring). Returns ``(T, B, ...)``."""
-    if isinstance(t, Tensor) and t.requires_grad:
-        raise InvalidInputError("the per-sample adjoint does not differentiate with respect to t; "
-                                "pass t.detach() (or use odeint with per_sample for backprop)")
     params = resolve_params(func, adjoint_params)
     pb = make_problem(func, y0, t, rtol, atol, method, options, per_sample=True)
     if pb.method.tableau is None or not hasattr(pb.method.tableau, "fsal"):
         raise InvalidInputError(
             f"the per-sample adjoint replays explicit Runge–Kutta steps; method "
             f"{pb.method.name!r} is not one")
-    needs = torch.is_grad_enabled() and (pb.y0.requires_grad
+    # dL/dt in closed form, as for backprop (neurode.solvers.api._solve)
+    time_grad = pb.t.requires_grad and torch.is_grad_enabled()
+    needs = torch.is_grad_enabled() and (pb.y0.requires_grad or time_grad
                                          or any(p.requires_grad for p in params))
     if not needs:
         with torch.no_grad():
@@ -146,5 +144,8 @@ def odeint_adjoint_per_sample(func, y0, t: Tensor, *, rtol: float = 1e-7, atol: 
         raise_failure(pb, res)  # as with gradients: failed samples are an error, not NaN rows
         return pb.layout.trajectory(res.ys)
     spec = _Spec(pb, params)
-    ys = _PerSampleAdjoint.apply(spec, pb.y0, *params)
+    y0 = time_grad_start(pb).y0 if time_grad else pb.y0
+    ys = _PerSampleAdjoint.apply(spec, y0, *params)
+    if time_grad:
+        ys = torch.stack([pb.y0] + [with_time_grad(pb, i, ys[i]) for i in range(1, len(ys))])
     return pb.layout.trajectory(ys)

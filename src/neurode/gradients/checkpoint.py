@@ -19,7 +19,7 @@ from torch import Tensor
 
 from neurode.errors import InvalidInputError
 from neurode.gradients._functorch import solve_function, with_params
-from neurode.gradients._params import needs_grad, param_names, resolve_params
+from neurode.gradients._params import needs_grad, param_names, resolve_params, vjp_grad
 from neurode.solvers.api import integrate, odeint, raise_failure
 from neurode.solvers.problem import Problem, make_problem
 from neurode.solvers.steppers.base import hermite
@@ -108,7 +108,7 @@ def _backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tensor], grad
                                         else yn[0] + th * (y1[0] - yn[0]) for th in thetas])
                 outs.append(vals)
                 gouts.append(grad_ys[inner])
-            grads = torch.autograd.grad(outs, [yn, *active], gouts, allow_unused=True)
+            grads = vjp_grad(outs, [yn, *active], gouts)
         a = grads[0][0] if grads[0] is not None else torch.zeros_like(a)
         for j, gp in enumerate(grads[1:]):
             if gp is not None:

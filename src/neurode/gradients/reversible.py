@@ -40,7 +40,7 @@ from torch import Tensor
 
 from neurode.errors import InvalidInputError, NonFiniteStateError
 from neurode.gradients._functorch import solve_function, with_params
-from neurode.gradients._params import needs_grad, param_names, resolve_params
+from neurode.gradients._params import needs_grad, param_names, resolve_params, vjp_grad
 from neurode.solvers.api import integrate, odeint, raise_failure
 from neurode.solvers.problem import Problem, make_problem
 
@@ -148,8 +148,7 @@ def _backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tensor], grad
                     vn = stepper.start(field, s, zn)
                     inputs = (zn, *active)
                 out = stepper.step(field, s, ds, zn, vn, error=False)
-                grads = torch.autograd.grad((out.y1, out.carry), inputs, (a_z, a_v),
-                                            allow_unused=True)
+                grads = vjp_grad((out.y1, out.carry), inputs, (a_z, a_v))
             a_z = grads[0] if grads[0] is not None else torch.zeros_like(a_z)
             if n > 0:
                 a_v = grads[1] if grads[1] is not None else torch.zeros_like(a_v)

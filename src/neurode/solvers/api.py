@@ -23,7 +23,7 @@ from neurode.solvers.solution import DenseOutput, Solution, Stats
 from neurode.solvers.steppers.base import hermite
 
 __all__ = ["EVENT_MAX_STEPS", "grid_of", "integrate", "odeint", "odeint_dense", "raise_failure",
-           "solve_ivp"]
+           "solve_ivp", "time_grad_start", "with_time_grad"]
 
 #: Steps an event search takes before giving up, unless ``options["max_num_steps"]`` says.
 EVENT_MAX_STEPS = 50_000
@@ -39,16 +39,22 @@ def grid_of(pb: Problem) -> list[float]:
     g = pb.opts.grid
     explicit = None
     if g.grid_constructor is not None:
-        t_int = torch.tensor(pb.t_out, dtype=torch.float64)
+        # as torchdiffeq: the constructor sees the user's times (decreasing ones too) and returns
+        # grid points in the user's time; a tuple state is seen flattened, as there
         sign = pb.sign
+        t_user = pb.t.detach()
 
-        def func_int(tt, y):
-            out = pb.field(pb.user_time(float(tt)), y.reshape(1, -1))
-            return (sign * out).reshape(y.shape)
+        def func_user(tt, y):
+            out = pb.field(torch.as_tensor(tt, dtype=pb.time_dtype, device=pb.y0.device),
+                           y.reshape(1, -1))
+            return out.reshape(y.shape)
 
-        y0 = pb.y0[0] if pb.is_tuple else pb.layout.to_user(pb.y0)
-        explicit = torch.as_tensor(g.grid_constructor(func_int, y0, t_int),
-                                   dtype=torch.float64).reshape(-1).tolist()
+        if pb.is_tuple:
+            func, y0 = func_user, pb.y0[0]
+        else:
+            func, y0 = pb.func, pb.layout.to_user(pb.y0)
+        grid = torch.as_tensor(g.grid_constructor(func, y0, t_user), dtype=torch.float64)
+        explicit = (sign * grid.detach().reshape(-1)).tolist()
     return make_grid(pb.t_out, g.step_size, explicit)
 
 
@@ -99,37 +105,50 @@ def raise_failure(pb: Problem, res: LoopResult) -> None:
         raise err
 
 
-def _time_grad_start(pb: Problem) -> Problem:
+def _user_times(pb: Problem, i: int) -> Tensor:
+    """Output time ``i`` as ``func`` receives it (0-d; ``(B,)`` per sample), and as the factor
+    ``t_i − stop_grad(t_i)`` that carries its gradient (broadcastable over ``(B, N)``)."""
+    t = pb.t.to(pb.time_dtype)
+    ti = t[..., i]
+    if pb.per_sample:
+        ti = ti.expand(pb.y0.shape[0])
+    return ti
+
+
+def with_time_grad(pb: Problem, i: int, y: Tensor) -> Tensor:
+    """``y + (t_i − stop_grad(t_i))·f(t_i, y)``: the same value, with ``∂y/∂t_i = f``."""
+    ti = _user_times(pb, i)
+    with torch.no_grad():
+        fi = pb.field(ti.detach(), y.detach() if y.requires_grad else y)
+    shift = (ti - ti.detach()).to(y.real.dtype if y.is_complex() else y.dtype)
+    return y + (shift.unsqueeze(-1) if shift.ndim else shift) * fi
+
+
+def time_grad_start(pb: Problem) -> Problem:
     """``y0 − (t0 − stop_grad(t0))·f(t0, y0)``: backprop through the steps then applies
     ``∂y(t_i)/∂t_0 = −Φ(t_i, t_0) f(t_0, y_0)`` (see :func:`_solve`)."""
-    t = pb.t.to(pb.time_dtype)
-    with torch.no_grad():
-        f0 = pb.field(pb.user_time(pb.t_out[0]), pb.y0)
-    return pb.with_y0(pb.y0 - (t[0] - t[0].detach()) * f0)
+    shifted = with_time_grad(pb, 0, pb.y0)
+    return pb.with_y0(2 * pb.y0 - shifted)
 
 
 def _solve(pb: Problem, record: str | None, throw: bool) -> tuple[LoopResult, Tensor]:
     """Integrate and assemble the ``(T, B, N)`` outputs; gradients w.r.t. the times if ``t``
     needs them.
 
-    Steps are chosen on the device from floats that carry no graph, so autograd alone would not
-    see ``t``. When ``t`` requires grad, the exact sensitivities of the continuous solution are
-    attached: ``∂y(t_i)/∂t_i = f(t_i, y(t_i))`` and ``∂y(t_i)/∂t_0 = −Φ(t_i, t_0) f(t_0, y_0)``.
-    Costs one evaluation per output time, and only when ``t.requires_grad``.
+    Steps are chosen from numbers that carry no graph, so autograd alone would not see ``t``.
+    When ``t`` requires grad, the exact sensitivities of the continuous solution are attached:
+    ``∂y(t_i)/∂t_i = f(t_i, y(t_i))`` and ``∂y(t_i)/∂t_0 = −Φ(t_i, t_0) f(t_0, y_0)`` (joint
+    and per sample, ``t`` of shape ``(T,)`` or ``(B, T)``). Costs one evaluation per output
+    time, and only when ``t.requires_grad``.
     """
-    time_grad = pb.t.requires_grad and torch.is_grad_enabled() and not pb.per_sample
-    run_pb = _time_grad_start(pb) if time_grad else pb
+    time_grad = pb.t.requires_grad and torch.is_grad_enabled()
+    run_pb = time_grad_start(pb) if time_grad else pb
     res = integrate(run_pb, record=record)
     if throw:
         raise_failure(pb, res)
     out = res.ys
     if time_grad:
-        t = pb.t.to(pb.time_dtype)
-        rows = [pb.y0]
-        for i in range(1, out.shape[0]):
-            with torch.no_grad():
-                fi = pb.field(pb.user_time(pb.t_out[i]), out[i])
-            rows.append(out[i] + (t[i] - t[i].detach()) * fi)
+        rows = [pb.y0] + [with_time_grad(pb, i, out[i]) for i in range(1, out.shape[0])]
         out = torch.stack(rows)
     return res, out
 
@@ -198,7 +217,9 @@ def integrate_event(func, y0, t, event_fn, *, rtol=1e-7, atol=1e-9, method=None,
         elif opts.scipy is not None:
             opts = replace(opts, scipy=replace(opts.scipy, max_num_steps=EVENT_MAX_STEPS))
     pb = replace(pb, t_out=pb.t_out[:1], opts=opts)
-    res = integrate(pb, event_fn=event_fn)
+    # a gradient w.r.t. t0 (a chain of events: the next starts at this one's time)
+    time_grad = pb.t.requires_grad and torch.is_grad_enabled()
+    res = integrate(time_grad_start(pb) if time_grad else pb, event_fn=event_fn)
     if res.event is None:
         t_last = float(res.t_final[0])
         h_last = float(res.fail_dt[0]) if res.fail_dt is not None else 0.0

@@ -142,7 +142,9 @@ def failure(pb: Problem, res: LoopResult, t_end: Tensor | float | None = None
     else:
         msg = _row_message(pb, code, t, dt, int(res.n_steps[b]), te, res.newton)
     if pb.per_sample:
-        msg = f"{len(failed)} of {len(status)} samples failed; sample {b}: {msg}"
+        # the row's own message first (torchdiffeq's max-steps message starts with
+        # "max_num_steps", which code matches on), then how many samples failed
+        msg = f"{msg} (sample {b}; {len(failed)} of {len(status)} samples failed)"
     return code.error(msg, t=t, dt=dt)
 
 

@@ -9,10 +9,12 @@ at ``t0`` and the minimum is tracked.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from neurode.errors import InvalidInputError
+from neurode.errors import InvalidInputError, NonFiniteStateError
 from neurode.solvers.problem import Problem
 
 __all__ = ["EventWatcher", "illinois"]
@@ -60,6 +62,13 @@ class EventWatcher:
             v0 = self._raw(pb.t_out[0], pb.y0)
         self.signs = torch.where(v0 >= 0, 1.0, -1.0).to(v0.dtype)
         self.g_prev = float((v0 * self.signs).min())
+        self._check(self.g_prev, pb.t_out[0])
+
+    def _check(self, g: float, s: float) -> None:
+        if math.isnan(g):
+            t = self.pb.sign * s
+            raise NonFiniteStateError(f"event_fn returned NaN at t={t:.6g}; an event function "
+                                      "must be finite where the solution is", t=t)
 
     def _raw(self, s: float, y: Tensor) -> Tensor:
         out = self.event_fn(self.pb.user_time(s), self.pb.layout.to_user(y))
@@ -79,17 +88,51 @@ class EventWatcher:
             return torch.stack([self.combined(s, y) for s, y in points]).tolist()
 
     def locate(self, s0: float, ds: float, g1: float, interp) -> float | None:
-        """The event time inside the accepted step ``[s0, s0 + ds]`` whose end value is ``g1``,
-        or None (the sign is unchanged: the watch moves on). ``interp(s) -> y``."""
+        """The first event time inside the accepted step ``[s0, s0 + ds]`` whose end value is
+        ``g1``, or None (the sign is unchanged: the watch moves on). ``interp(s) -> y``."""
         s1 = s0 + ds
+        self._check(g1, s1)
         if g1 > 0:
             self.g_prev = g1
             return None
-        if g1 == 0:
-            return s1
 
         def g(s):
             with torch.no_grad():
                 return float(self.combined(s, interp(s)))
 
-        return illinois(g, s0, s1, self.g_prev, g1)
+        a, ga = s0, self.g_prev
+        if g1 == 0:
+            # zero at the step's end (a script may force g = 0 beyond some horizon) does not
+            # mean no crossing before it: the first sample where g <= 0 brackets the first one
+            thetas = [k / _SAMPLES for k in range(1, _SAMPLES)]
+            vals = self.values([(s0 + th * ds, interp(s0 + th * ds)) for th in thetas])
+            for th, v in zip(thetas, vals, strict=True):
+                sk = s0 + th * ds
+                self._check(v, sk)
+                if v < 0:
+                    return illinois(g, a, sk, ga, v)
+                if v == 0:
+                    return _first_nonpositive(g, a, sk)
+                a, ga = sk, v
+            return _first_nonpositive(g, a, s1)
+        return illinois(g, a, s1, ga, g1)
+
+
+_SAMPLES = 16
+
+
+def _first_nonpositive(g, a: float, b: float) -> float:
+    """The boundary of ``{g <= 0}`` in ``[a, b]`` with ``g(a) > 0 >= g(b)``, by bisection; a
+    sign change found on the way is refined by Illinois instead."""
+    for _ in range(200):
+        if abs(b - a) <= 4 * _EPS * max(1.0, abs(a), abs(b)):
+            break
+        c = 0.5 * (a + b)
+        gc = g(c)
+        if gc > 0:
+            a = c
+        elif gc < 0:
+            return illinois(g, a, c, g(a), gc)
+        else:
+            b = c
+    return b
