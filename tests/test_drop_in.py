@@ -39,19 +39,21 @@ def test_the_event_time_is_differentiable_with_respect_to_t0(interface):
 
 
 def test_a_chain_of_bounces_keeps_its_gradient():
-    # the second bounce starts at the first one's time with the velocity reversed and scaled by
-    # e: t2 = t1 + 2 e v1 / g with t1 = sqrt(2h/g), v1 = g t1, so dt2/de = 2 t1
+    # dropped from h, the ball lands at t1 = sqrt(2h/g) with speed v1 = g t1; the second bounce
+    # starts at t1 with the velocity reversed and scaled by e and lands at t2 = t1 (1 + 2e):
+    # dt2/dh = (1 + 2e)/(g t1) needs the gradient through the second event's t0 = t1
     e = torch.tensor(0.8, dtype=F64, requires_grad=True)
-    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    h = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    y0 = torch.stack([h, torch.zeros((), dtype=F64)])
     t1, sol = neurode.odeint_event(fall, y0, torch.tensor(0.0, dtype=F64),
                                    event_fn=lambda t, y: y[0])
-    y1 = sol[-1]
-    y1 = torch.stack([torch.zeros((), dtype=F64) + 1e-12, -e * y1[1]])
+    y1 = torch.stack([torch.zeros((), dtype=F64) + 1e-12, -e * sol[-1][1]])
     t2, _ = neurode.odeint_event(fall, y1, t1, event_fn=lambda t, y: y[0])
     t_fall = math.sqrt(2 / G)
-    assert abs(float(t2) - (t_fall + 2 * 0.8 * t_fall)) < 1e-8
-    (d_e,) = torch.autograd.grad(t2, e)
+    assert abs(float(t2) - t_fall * (1 + 2 * 0.8)) < 1e-8
+    d_e, d_h = torch.autograd.grad(t2, (e, h))
     assert abs(float(d_e) - 2 * t_fall) < 1e-6
+    assert abs(float(d_h) - (1 + 2 * 0.8) / (G * t_fall)) < 1e-6
 
 
 @pytest.mark.parametrize("method,options", [
@@ -250,3 +252,28 @@ def test_per_sample_solves_differentiate_with_respect_to_t(fn, shared):
     d[:, 0] = -d[:, 1:].sum(1)
     expected = d.sum(0) if shared else d
     assert torch.allclose(t.grad, expected, atol=1e-7), (t.grad, expected)
+
+
+def test_a_tuple_of_mixed_dtypes_is_solved_in_the_promoted_dtype():
+    # flow_matching's compute_likelihood: (x float64, log-det zeros float32); torchdiffeq
+    # concatenates the tuple, so both are solved (and returned) in float64
+    x0 = torch.tensor([1.0, 2.0], dtype=F64)
+    z0 = torch.zeros(2, dtype=torch.float32)
+    xs, zs = neurode.odeint(lambda t, s: (-s[0], torch.ones(2, dtype=torch.float32)), (x0, z0),
+                            torch.tensor([0.0, 1.0], dtype=F64))
+    assert xs.dtype == zs.dtype == F64
+    assert torch.allclose(xs[-1], x0 * math.exp(-1), atol=1e-8)
+    assert torch.allclose(zs[-1], torch.ones(2, dtype=F64), atol=1e-12)
+
+
+@pytest.mark.parametrize("fn", ["odeint_adjoint", "odeint_checkpoint"])
+def test_a_parameter_that_reaches_func_through_an_outside_graph_works_backwards(fn):
+    # torchcde: interpolation slopes diff(coeffs) are built once, outside func, from a
+    # parameter; every VJP of the backward pass walks that graph again
+    c = torch.tensor([1.0, 3.0], dtype=F64, requires_grad=True)
+    slope = c[1:] ** 2 - c[:1]                     # built once, outside func (pow saves c)
+    y0 = torch.tensor([0.0], dtype=F64)
+    ys = getattr(neurode, fn)(lambda t, y: slope * torch.ones_like(y), y0,
+                              torch.tensor([0.0, 0.5, 1.0], dtype=F64), adjoint_params=(c,))
+    ys[-1].sum().backward()                                   # y(1) = c1² - c0
+    assert torch.allclose(c.grad, torch.tensor([-1.0, 6.0], dtype=F64), atol=1e-10)

@@ -66,6 +66,10 @@ def vjp_grad(outputs, inputs, grad_outputs) -> tuple[Tensor | None, ...]:
     """``torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True)`` that also
     holds when some or all outputs do not depend on anything that requires grad (a field of
     ``t`` alone, a constant component): those contribute nothing, and the inputs get ``None``.
+
+    The graph is retained: a parameter may reach ``func``'s output through a graph built
+    outside ``func`` (torchcde's interpolation coefficients: ``diff(coeffs)`` made once), which
+    every VJP of the backward pass walks again; the local graph is freed with its outputs.
     """
     outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     gos = [grad_outputs] if isinstance(grad_outputs, Tensor) else list(grad_outputs)
@@ -73,4 +77,4 @@ def vjp_grad(outputs, inputs, grad_outputs) -> tuple[Tensor | None, ...]:
     if not keep:
         return (None,) * len(inputs)
     return torch.autograd.grad([outs[i] for i in keep], inputs, [gos[i] for i in keep],
-                               allow_unused=True)
+                               allow_unused=True, retain_graph=True)

@@ -14,6 +14,7 @@ frozen :class:`Problem`:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -78,7 +79,10 @@ class Layout:
         """The user's structure → ``(B, N)``."""
         if not self.is_tuple:
             return out.reshape(self.batch, -1)
-        return torch.cat([o.reshape(self.batch, -1) for o in out], dim=1)
+        flat = torch.cat([o.reshape(self.batch, -1) for o in out], dim=1)
+        # components of narrower dtypes (a float32 log-density beside a float64 state) are
+        # promoted, as torchdiffeq's concatenation does
+        return flat if flat.dtype == self.dtype else flat.to(self.dtype)
 
     def trajectory(self, ys: Tensor) -> State:
         """``(T, B, N)`` outputs → ``(T, *y0.shape)`` (a tuple of such for a tuple state)."""
@@ -159,7 +163,8 @@ class Field:
                 raise FuncOutputError(
                     f"func returned shape {tuple(o.shape)} for y0{idx} of shape {tuple(shape)}; "
                     "dy/dt must have the shape of y")
-            if o.dtype != L.dtype:
+            if o.dtype != L.dtype and not (
+                    L.is_tuple and torch.promote_types(o.dtype, L.dtype) == L.dtype):
                 raise FuncOutputError(
                     f"func returned dtype {o.dtype} for y0{idx} of dtype {L.dtype}; "
                     "dy/dt must have the dtype of y")
@@ -251,7 +256,10 @@ def check_state(y0, per_sample: bool) -> tuple[list[Tensor], bool]:
         dtypes = {x.dtype for x in tensors}
         devices = {x.device for x in tensors}
         if len(dtypes) > 1:
-            raise InvalidInputError(f"all tensors of the tuple y0 must share a dtype, got {dtypes}")
+            # as torchdiffeq (which concatenates the tuple): solve in the promoted dtype; the
+            # solution's components come back in it
+            common = functools.reduce(torch.promote_types, dtypes)
+            tensors = [x.to(common) for x in tensors]
         if len(devices) > 1:
             raise InvalidInputError(
                 f"all tensors of the tuple y0 must be on one device, got {devices}")
