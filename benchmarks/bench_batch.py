@@ -76,8 +76,8 @@ def solvers(f, y0, t, device):
             return sol.ys, sol.stats.n_steps
         return run
 
-    def joint():
-        sol = neurode.solve_ivp(f, y0, t, rtol=RTOL, atol=ATOL)
+    def joint(decisions="auto"):
+        sol = neurode.solve_ivp(f, y0, t, rtol=RTOL, atol=ATOL, options={"decisions": decisions})
         return sol.ys, sol.stats.n_steps
 
     def tdq():
@@ -98,6 +98,7 @@ def solvers(f, y0, t, device):
 
     return {"torchdiffeq": tdq, "torchode": lambda: run_tode(tode.solve),
             "torchode compiled": lambda: run_tode(tode_c), "neurode joint": joint,
+            "neurode joint, device decisions": lambda: joint("device"),
             "neurode per-sample": ps(False), "neurode per-sample compiled": ps(True)}
 
 
@@ -146,6 +147,7 @@ def call_counts(f, y0, t) -> dict:
         fn()
         out[name] = c.calls
     out["torchode compiled"] = out["torchode"]
+    out["neurode joint, device decisions"] = out["neurode joint"]
     out["neurode per-sample compiled"] = out["neurode per-sample"]
     return out
 
@@ -168,7 +170,16 @@ def case_vdp(mu, y0, t, repeats, device) -> dict:
     for r in rows.values():
         r["wall_ratio_vs_torchdiffeq"] = r["wall_ms"] / base["wall_ms"]
         r["loop_ratio_vs_torchdiffeq"] = r["loop_ms"] / base["loop_ms"]
-    return {"field_call_us": 1e6 * cost, "rows": rows}
+    # the loop's cost per iteration (a per-sample loop iterates as often as its slowest sample
+    # steps), and the eager per-sample loop's against each joint one
+    for k in rows:
+        if k.startswith("neurode"):
+            rows[k]["loop_us_per_iteration"] = 1e3 * rows[k]["loop_ms"] / rows[k]["steps_max"]
+    per_it = {k: rows[k]["loop_us_per_iteration"] for k in rows if k.startswith("neurode")}
+    ratios = {j: per_it["neurode per-sample"] / per_it[j]
+              for j in ("neurode joint", "neurode joint, device decisions")}
+    return {"field_call_us": 1e6 * cost, "rows": rows,
+            "per_sample_over_joint_per_iteration": ratios}
 
 
 def scipy_errors(mu, y0, t, ys) -> np.ndarray:
@@ -241,6 +252,8 @@ def show_vdp(title, res):
         print(f"{k:<30}{r['wall_ms']:>9.1f}{r['wall_ratio_vs_torchdiffeq']:>7.2f}"
               f"{r['calls']:>7}{r['loop_ms']:>9.1f}{r['loop_ratio_vs_torchdiffeq']:>11.2f}"
               f"{r['steps_mean']:>9.1f}/{r['steps_max']:<6.0f}")
+    for j, q in res["per_sample_over_joint_per_iteration"].items():
+        print(f"eager per-sample loop per iteration / {j} loop per step: {q:.2f}")
 
 
 def show_het(res):

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from host_reads import HostReads
 
 import neurode
 from neurode.solvers.api import integrate
@@ -114,37 +115,12 @@ def test_gradients_through_the_per_sample_solve_match_each_sample_alone():
         assert torch.allclose(g_mu[b], gb_mu, rtol=1e-8, atol=1e-10)
 
 
-class _HostCounter:
-    """Counts device→host conversions of tensors (``item``, ``bool``, ``float``, ``int``,
-    ``tolist``) while active."""
-
-    NAMES = ("item", "__bool__", "__float__", "__int__", "tolist")
-
-    def __enter__(self):
-        self.count = 0
-        self.saved = {n: getattr(torch.Tensor, n) for n in self.NAMES}
-
-        def wrap(fn):
-            def counted(*a, **k):
-                self.count += 1
-                return fn(*a, **k)
-            return counted
-
-        for n, fn in self.saved.items():
-            setattr(torch.Tensor, n, wrap(fn))
-        return self
-
-    def __exit__(self, *exc):
-        for n, fn in self.saved.items():
-            setattr(torch.Tensor, n, fn)
-
-
 @pytest.mark.parametrize("sync_every", [1, 8, 32])
 def test_host_conversions_at_most_one_per_sync_every_steps(sync_every):
     y0 = torch.tensor([[2.0, 0.0]] * 4, dtype=torch.float32)
     ts = torch.linspace(0, 6, 50)
     f = _vdp_batch(MUS.float())
-    with _HostCounter() as hc:
+    with HostReads() as hc:
         r = integrate(make_problem(f, y0, ts, 1e-5, 1e-5, "dopri5",
                                    {"sync_every": sync_every}, per_sample=True))
     assert (r.status == 0).all()

@@ -100,12 +100,12 @@ def _flat_tol(tol, L, like: Tensor):
     return torch.cat(flat)
 
 
-def _aug_tols(tol, n_extra: int):
+def _aug_tols(tol, strictest: float, n_extra: int):
     """Tolerances of the augmented state ``(z, a, a_θ...)``: ``z`` and ``a`` get ``tol``
     (``a`` has ``z``'s layout), the parameter adjoints the strictest of its entries."""
     if not isinstance(tol, Tensor):
         return tol
-    return (tol, tol, *([float(tol.min())] * n_extra))
+    return (tol, tol, *([strictest] * n_extra))
 
 
 def _user_adjoint_norm(norm, L):
@@ -117,10 +117,13 @@ def _user_adjoint_norm(norm, L):
         u = L.to_user(v)
         return (u,) if isinstance(u, Tensor) else tuple(u)
 
+    zero: list[Tensor] = []  # a_t, made once
+
     def adjoint_norm(state):
         y, a, *a_p = state
-        a_t = torch.zeros((), dtype=y.real.dtype, device=y.device)
-        return norm((a_t, *parts(y), *parts(a), *a_p))
+        if not zero:
+            zero.append(torch.zeros((), dtype=y.real.dtype, device=y.device))
+        return norm((zero[0], *parts(y), *parts(a), *a_p))
 
     return adjoint_norm
 
@@ -202,6 +205,8 @@ def _adjoint_backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tenso
                 and norm_opt in (None, "seminorm") and bool(active))
     # the quadrature's own tolerance: the strictest entry of a per-component one
     q_rtol, q_atol = (float(x.min()) if isinstance(x, Tensor) else float(x) for x in (rtol, atol))
+    n_aug = 0 if use_quad else len(active)  # parameter adjoints in the backward state
+    aug_rtol, aug_atol = _aug_tols(rtol, q_rtol, n_aug), _aug_tols(atol, q_atol, n_aug)
     if use_quad:
         options.pop("norm", None)  # (z, a) as a tuple: the mixed norm is the seminorm
     elif norm_opt == "seminorm":
@@ -231,16 +236,16 @@ def _adjoint_backward(spec: _Spec, t: Tensor, ys: Tensor, params: Sequence[Tenso
                     o["first_step"] = first_step  # no fresh step-size search per interval
                 span = torch.stack([t_user[i], t_user[i - 1]])
                 if use_quad:
-                    aug_pb = make_problem(aug_func_za, (yi, a), span, _aug_tols(rtol, 0),
-                                          _aug_tols(atol, 0), opts["method"], o)
+                    aug_pb = make_problem(aug_func_za, (yi, a), span, aug_rtol, aug_atol,
+                                          opts["method"], o)
                     aug_pb = replace(aug_pb, field=AttachingField(aug_pb.field, last_q))
                     quad = Quadrature(a_p, a_spec.tableau, rtol=q_rtol, atol=q_atol,
                                       controlled=norm_opt is None)
                     res = integrate(aug_pb, quad=quad)
                 else:
                     aug_pb = make_problem(aug_func, (yi, a, *a_p), span,
-                                          _aug_tols(rtol, len(a_p)), _aug_tols(atol, len(a_p)),
-                                          opts["method"], o, allow_seminorm=False)
+                                          aug_rtol, aug_atol, opts["method"], o,
+                                          allow_seminorm=False)
                     res = integrate(aug_pb)
                 raise_failure(aug_pb, res)
                 if res.h_next is not None and adaptive:

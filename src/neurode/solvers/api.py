@@ -105,30 +105,22 @@ def raise_failure(pb: Problem, res: LoopResult) -> None:
         raise err
 
 
-def _user_times(pb: Problem, i: int) -> Tensor:
-    """Output time ``i`` as ``func`` receives it (0-d; ``(B,)`` per sample), and as the factor
-    ``t_i − stop_grad(t_i)`` that carries its gradient (broadcastable over ``(B, N)``)."""
-    t = pb.t.to(pb.time_dtype)
-    ti = t[..., i]
+def with_time_grad(pb: Problem, i: int, y: Tensor, sign: float = 1.0) -> Tensor:
+    """``y + sign·(t_i − stop_grad(t_i))·f(t_i, y)``: the same value, with ``∂y/∂t_i = sign·f``
+    (``t_i`` is 0-d, or ``(B,)`` per sample: then one factor per row)."""
+    ti = pb.t.to(pb.time_dtype)[..., i]
     if pb.per_sample:
         ti = ti.expand(pb.y0.shape[0])
-    return ti
-
-
-def with_time_grad(pb: Problem, i: int, y: Tensor) -> Tensor:
-    """``y + (t_i − stop_grad(t_i))·f(t_i, y)``: the same value, with ``∂y/∂t_i = f``."""
-    ti = _user_times(pb, i)
     with torch.no_grad():
-        fi = pb.field(ti.detach(), y.detach() if y.requires_grad else y)
-    shift = (ti - ti.detach()).to(y.real.dtype if y.is_complex() else y.dtype)
+        fi = pb.field(ti.detach(), y.detach())
+    shift = sign * (ti - ti.detach()).to(y.real.dtype if y.is_complex() else y.dtype)
     return y + (shift.unsqueeze(-1) if shift.ndim else shift) * fi
 
 
 def time_grad_start(pb: Problem) -> Problem:
     """``y0 − (t0 − stop_grad(t0))·f(t0, y0)``: backprop through the steps then applies
     ``∂y(t_i)/∂t_0 = −Φ(t_i, t_0) f(t_0, y_0)`` (see :func:`_solve`)."""
-    shifted = with_time_grad(pb, 0, pb.y0)
-    return pb.with_y0(2 * pb.y0 - shifted)
+    return pb.with_y0(with_time_grad(pb, 0, pb.y0, sign=-1.0))
 
 
 def _solve(pb: Problem, record: str | None, throw: bool) -> tuple[LoopResult, Tensor]:

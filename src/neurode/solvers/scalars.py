@@ -51,8 +51,8 @@ class DeviceScalars:
     def pack(self, key: str, build) -> tuple:
         """``build(self)``, made once per ``key`` (one back end serves one loop, whose
         controller, initial step and loop each have one key): the constants a caller uses
-        every step. Keys are strings so that ``torch.compile`` guards on them cheaply; the loop
-        makes its packs before it compiles a step."""
+        every step. Keys are strings so that ``torch.compile`` guards on them cheaply; a compiled
+        loop runs its first step eagerly, which makes them."""
         p = self._packs.get(key)
         if p is None:
             p = self._packs[key] = build(self)

@@ -176,8 +176,6 @@ class AdaptiveLoop:
         self.callbacks = pb.callbacks
         host = host_decisions(pb, stepper)
         self.S = HostScalars() if host else DeviceScalars(self.rdtype, self.tdt, self.dev)
-        self.S.pack("loop", self._constants)  # before any step is compiled
-        self.S.pack("controller", self.controller._constants)
         # callbacks must see every step once: the device loop then checks after every step
         self.K = 1 if (host or self.callbacks is not None) else ctl.sync_every
         self.end = (pb.t_out[-1] if pb.t_out else None) if t_end is None else t_end
@@ -210,13 +208,12 @@ class AdaptiveLoop:
         self.step_fn = self.attempt
         self.compiled = ctl.compile and not host and quad is None
         if self.compiled:
-            if hasattr(stepper, "prepare_compile"):
-                stepper.prepare_compile()
             self.step_fn = self._eager_first(compile_step(self._counted_off(self.attempt)))
 
     def _eager_first(self, compiled):
         # the first attempt runs eagerly: it makes the caches and constants made on first use
-        # (torch.compile would guard on them and recompile once they exist)
+        # (the back end's packs, the stepper's lazy tensors), which torch.compile would guard
+        # on and recompile for once they exist
         eager = self._counted_off(self.attempt)
         state = {"first": True}
 

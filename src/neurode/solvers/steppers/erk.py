@@ -239,14 +239,6 @@ class ExplicitRK:
         self.evals_per_step = self.y1_stage
         self._ah = None
 
-    def prepare_compile(self) -> None:
-        """Make the caches that are otherwise made on first use (``torch.compile`` guards on
-        them: one made during the first compiled step would recompile the step)."""
-        _ = self.times.c
-        if self.joint and self._ah is None:
-            buf = torch.empty(self.A.shape, dtype=self.dtype, device=self.device)
-            self._ah = (buf, [buf[i:i + 1, :i] for i in range(self.n_dense)])
-
     # -- buffers -------------------------------------------------------------------------------
     def _reuse(self) -> bool:
         """Whether buffers may be reused and written through slices made once."""
