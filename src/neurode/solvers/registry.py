@@ -101,7 +101,8 @@ for _name in ("euler", "midpoint", "heun2", "heun3", "rk4", "rk4_classic"):
     _tab = TABLEAUX[_name]
     register_method(MethodSpec(_name, ("grid", "per_sample"), _fixed, _erk(_tab), _tab.order,
                                adaptive=False, tableau=_tab, kind="explicit RK, fixed grid"))
-for _name in ("adaptive_heun", "fehlberg2", "bosh3", "dopri5", "tsit5", "dopri8"):
+for _name in ("adaptive_heun", "fehlberg2", "bosh3", "dopri5", "tsit5", "dopri8", "vern6", "vern7",
+              "vern8", "vern9"):
     _tab = TABLEAUX[_name]
     register_method(MethodSpec(_name, ("control", "per_sample"), _adaptive, _erk(_tab),
                                _tab.order, adaptive=True, per_sample=True, tableau=_tab,

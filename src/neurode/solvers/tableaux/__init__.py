@@ -18,11 +18,12 @@ from neurode.solvers.tableaux.explicit import (
     TSIT5,
 )
 from neurode.solvers.tableaux.implicit import IMPLICIT_TABLEAUX
+from neurode.solvers.tableaux.verner import VERN6, VERN7, VERN8, VERN9
 
 __all__ = ["IMPLICIT_TABLEAUX", "TABLEAUX", "ButcherTableau", "ImplicitTableau", "hermite_dense"]
 
 TABLEAUX: dict[str, ButcherTableau] = {
     t.name: t
     for t in (EULER, MIDPOINT, HEUN2, HEUN3, RK4, RK4_CLASSIC, ADAPTIVE_HEUN, FEHLBERG2, BOSH3,
-              DOPRI5, TSIT5, DOP853)
+              DOPRI5, TSIT5, DOP853, VERN6, VERN7, VERN8, VERN9)
 }
