@@ -15,11 +15,12 @@ from torch import Tensor
 from neurode.errors import InvalidInputError, SolverError, Status
 from neurode.solvers.backends.scipy import run_scipy
 from neurode.solvers.loops.adaptive import AdaptiveLoop
+from neurode.solvers.loops.auto import run_auto
 from neurode.solvers.loops.common import LoopResult, failure, warn_unused_callbacks
 from neurode.solvers.loops.fixed import FixedLoop, alf_grid, make_grid
 from neurode.solvers.problem import Problem, make_problem
 from neurode.solvers.quadrature import Quadrature
-from neurode.solvers.solution import DenseOutput, Solution, Stats
+from neurode.solvers.solution import DenseOutput, Segment, Solution, Stats
 from neurode.solvers.steppers.base import hermite
 
 __all__ = ["EVENT_MAX_STEPS", "grid_of", "integrate", "odeint", "odeint_dense", "raise_failure",
@@ -73,6 +74,9 @@ def integrate(pb: Problem, *, record: str | None = None, quad: Quadrature | None
         raise InvalidInputError(f"method {spec.name!r} does not integrate quadratures")
     if loop == "scipy":
         return run_scipy(pb, record=record, event_fn=event_fn)
+    if loop == "auto":
+        return run_auto(pb, record=record, quad=quad, event_fn=event_fn,
+                        per_sample_record=per_sample_record)
     stepper = spec.stepper(pb)
     if loop == "adaptive":
         res = AdaptiveLoop(pb, stepper, record=record, quad=quad, event_fn=event_fn,
@@ -230,23 +234,30 @@ def integrate_event(func, y0, t, event_fn, *, rtol=1e-7, atol=1e-9, method=None,
     return event_t, sol
 
 
-def _stats(res: LoopResult, per_sample: bool) -> Stats:
-    if per_sample:
+def _stats(pb: Problem, res: LoopResult) -> Stats:
+    if pb.per_sample:
         return Stats(nfe=res.nfe, n_steps=res.n_steps, n_accepted=res.n_accepted,
                      n_rejected=res.n_rejected)
-    return Stats(nfe=int(res.nfe), n_steps=int(res.n_steps[0]),
-                 n_accepted=int(res.n_accepted[0]), n_rejected=int(res.n_rejected[0]),
-                 n_jac=res.n_jac, n_lu=res.n_lu)
+    nfe, n_steps = int(res.nfe), int(res.n_steps[0])
+    if "segments" in res.extra:
+        segments = [Segment(*seg) for seg in res.extra["segments"]]
+    else:
+        segments = [Segment(pb.method.name, pb.sign * pb.t_out[0],
+                            pb.sign * float(res.t_final[0]), nfe, n_steps)]
+    return Stats(nfe=nfe, n_steps=n_steps, n_accepted=int(res.n_accepted[0]),
+                 n_rejected=int(res.n_rejected[0]), n_jac=res.n_jac, n_lu=res.n_lu,
+                 segments=segments)
 
 
 def _dense(pb: Problem, res: LoopResult) -> DenseOutput:
     rec = res.record
-    stepper = res.extra["stepper"]
+    steppers = res.extra.get("step_steppers")  # method="auto": each step's own stepper
     sign = pb.sign
     adaptive = res.extra["loop"] == "adaptive"
 
     def interp(i: int, thetas: list[float]) -> list[Tensor]:
         y, y1, d, h = rec.y[i], rec.y1[i], rec.dense[i], rec.h[i]
+        stepper = steppers[i] if steppers else res.extra["stepper"]
         inner = [th for th in thetas if th != 1.0]
         vals = []
         if inner:
@@ -293,7 +304,7 @@ def solve_ivp(func: Func, y0: State, t_eval: Tensor, *, method: str = "dopri5",
     if err is not None:
         status = int(res.status[res.status < 0][0])
         message = str(err)
-    return Solution(ts=pb.t, ys=pb.layout.trajectory(out), stats=_stats(res, pb.per_sample),
+    return Solution(ts=pb.t, ys=pb.layout.trajectory(out), stats=_stats(pb, res),
                     status=status, message=message,
                     dense=_dense(pb, res) if dense and res.record is not None else None,
                     sample_status=res.status if pb.per_sample else None)

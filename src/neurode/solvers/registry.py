@@ -176,6 +176,19 @@ register_method(MethodSpec("alf", ("control", "alf", "per_sample"), _alf_loop, _
                            kind="asynchronous leapfrog (reversible)"))
 
 
+# --- auto ----------------------------------------------------------------------------------------
+
+def _auto_loop(_opts) -> str:
+    return "auto"
+
+
+# the explicit method of the tolerance, Radau while the problem is stiff (loops/auto.py); it takes
+# both methods' options (Newton's are used while Radau runs)
+register_method(MethodSpec("auto", ("control", "newton", "per_sample"), _auto_loop, None, None,
+                           adaptive=True, per_sample=True,
+                           kind="tsit5 / vern7 / vern9 by tolerance, radau while stiff"))
+
+
 # --- SciPy ---------------------------------------------------------------------------------------
 
 def _scipy(_opts) -> str:

@@ -5,16 +5,28 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from neurode.errors import InvalidInputError, Status
 
-__all__ = ["STATUS_MESSAGES", "DenseOutput", "Solution", "Stats"]
+__all__ = ["STATUS_MESSAGES", "DenseOutput", "Segment", "Solution", "Stats"]
 
 #: Status codes of :class:`Solution` and their meaning (see :class:`neurode.errors.Status`).
 STATUS_MESSAGES = {int(s): s.message for s in Status}
+
+
+class Segment(NamedTuple):
+    """One method's part of a solve: ``method`` ran from ``t0`` to ``t1`` (the user's time) with
+    ``nfe`` evaluations in ``n_steps`` steps. ``method="auto"`` solves have one per switch."""
+
+    method: str
+    t0: float
+    t1: float
+    nfe: int
+    n_steps: int
 
 
 @dataclass
@@ -22,7 +34,8 @@ class Stats:
     """Solver statistics: function evaluations, steps taken, accepted and rejected, and (implicit
     methods) Jacobian evaluations and LU factorisations. In per-sample mode the first four are
     ``(B,)`` int64 tensors, one count per sample (``nfe`` counts the evaluations of that
-    sample's row: the batch is evaluated together while the sample is still running)."""
+    sample's row: the batch is evaluated together while the sample is still running).
+    ``segments``: which method ran over which interval (:class:`Segment`; joint solves)."""
 
     nfe: int | Tensor = 0
     n_steps: int | Tensor = 0
@@ -30,6 +43,7 @@ class Stats:
     n_rejected: int | Tensor = 0
     n_jac: int = 0
     n_lu: int = 0
+    segments: list[Segment] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
         return {"nfe": self.nfe, "n_steps": self.n_steps, "n_accepted": self.n_accepted,

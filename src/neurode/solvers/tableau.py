@@ -95,6 +95,46 @@ class ButcherTableau:
         """Number of dense stages: the stages, ``f(t0+h, y1)`` unless FSAL, the extra stages."""
         return self.stages + (0 if self.fsal else 1) + len(self.extra_c)
 
+    def stability(self, z: complex) -> complex:
+        """The stability function ``R(z) = 1 + z bᵀ(I − zA)⁻¹𝟙``: ``y1 = R(hλ) y0`` on
+        ``y' = λy`` (by forward substitution, ``A`` being strictly lower triangular)."""
+        g: list[complex] = []
+        for row in self.a:
+            g.append(1 + z * sum(a * gj for a, gj in zip(row, g, strict=False)))
+        return 1 + z * sum(b * gj for b, gj in zip(self.b, g, strict=True))
+
+    @property
+    def stability_boundary(self) -> float:
+        """``β``: the stability interval on the negative real axis is ``[−β, 0]``
+        (``|R(−x)| ≤ 1`` for ``0 ≤ x ≤ β``); 3.31 for dopri5. The stiffness test compares
+        ``h|λ|`` with it. Found by a scan then bisection, once per tableau."""
+        if "beta" not in self._meta:
+            x, dx = 0.0, 0.01
+            while abs(self.stability(-(x + dx))) <= 1.0 + 1e-12 and x < 100.0:
+                x += dx
+            lo, hi = x, x + dx
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if abs(self.stability(-mid)) <= 1.0 + 1e-12 else (lo, mid)
+            self._meta["beta"] = lo
+        return self._meta["beta"]
+
+    @property
+    def stiffness_pair(self) -> tuple[int, int, tuple[float, ...]]:
+        """``(i, j, d)`` for Hairer–Shampine's stiffness test: dense stage ``j`` is
+        ``f(t0+h, y1)`` and stage ``i`` another stage at the node nearest 1 (at 1 when the
+        method has one), and ``Y_j − Y_i = h Σ_m d_m k_m``; then
+        ``h‖k_j − k_i‖ / ‖Y_j − Y_i‖ = ‖k_j − k_i‖ / ‖Σ_m d_m k_m‖`` estimates ``h|λ|`` for the
+        dominant eigenvalue ``λ`` of the Jacobian along the step."""
+        S = self.stages
+        j = S - 1 if self.fsal else S
+        cands = [m for m in range(1, S) if m != j]
+        i = max(cands, key=lambda m: (self.c[m], m))
+        b = list(self.b)
+        ai = list(self.a[i]) + [0.0] * (S - len(self.a[i]))
+        d = tuple(bm - am for bm, am in zip(b, ai, strict=True))
+        return i, j, d
+
 
 @dataclass(frozen=True)
 class ImplicitTableau:

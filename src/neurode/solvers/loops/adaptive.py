@@ -48,6 +48,7 @@ from neurode.solvers.scalars import DeviceScalars, HostScalars
 __all__ = ["AdaptiveLoop", "LoopState"]
 
 _I64 = torch.int64
+_SWITCH = ("switch",)  # what ``_process`` returns in place of an event when the monitor fires
 
 
 class Segment(NamedTuple):
@@ -149,11 +150,14 @@ class AdaptiveLoop:
         t_end: the final internal time when it is not ``t_out[-1]`` (events: ``math.inf``).
         per_sample_record: keep every iteration's per-row times, acceptance and output cursor
             (per-sample adjoint) and land on every output time.
+        monitor: a stiffness test (:mod:`neurode.solvers.loops.stiffness`, joint solves) that
+            sees every accepted step; when it fires the solve stops after that step and
+            :attr:`switched` holds ``(s, y1)`` there (``method="auto"`` then changes method).
     """
 
     def __init__(self, pb: Problem, stepper, *, record: str | None = None,
                  quad: Quadrature | None = None, event_fn=None, t_end: float | None = None,
-                 per_sample_record: bool = False):
+                 per_sample_record: bool = False, monitor=None):
         self.pb = pb
         self.stepper = stepper
         ctl = pb.opts.control
@@ -168,6 +172,8 @@ class AdaptiveLoop:
         self.record = record
         self.quad = quad
         self.watch = None if event_fn is None else EventWatcher(pb, event_fn)
+        self.monitor = monitor
+        self.switched: tuple[float, Tensor] | None = None
         self.per_sample_record = per_sample_record
         self.controller = PIDController(
             stepper.error_order, safety=ctl.safety, ifactor=ctl.ifactor, dfactor=ctl.dfactor,
@@ -450,7 +456,12 @@ class AdaptiveLoop:
                            idx)  # distinct tensors: torch.compile guards on their aliasing
         loop = self._run_host if S.host else self._run_device
         st, event, host_syncs, iterations = loop(st, record, steps_log)
-        return self._result(st.t, st.y, st.status, st.n_steps, st.n_acc, st.fail_dt, st.h,
+        t_fin, y_fin = st.t, st.y
+        if event is _SWITCH:  # stop after the step the monitor chose (a window may have gone on)
+            event = None
+            s_sw, y_fin = self.switched
+            t_fin = s_sw if S.host else torch.full_like(st.t, s_sw)
+        return self._result(t_fin, y_fin, st.status, st.n_steps, st.n_acc, st.fail_dt, st.h,
                             st.idx, record, steps_log, host_syncs, iterations, nfe0, event,
                             st.carry)
 
@@ -658,6 +669,7 @@ class AdaptiveLoop:
             last = ds
         if self.watch is not None and accepted:
             g_ends = self.watch.values([(s0 + ds, out.y1) for _, out, s0, ds in accepted])
+        switch_at = self.monitor.observe(accepted) if self.monitor is not None else None
         for k, (prev, out, s0, ds) in enumerate(accepted):
             if self.watch is not None:
                 at = self._interp(prev, out, s0, ds)
@@ -674,6 +686,9 @@ class AdaptiveLoop:
                     record.append(s0, ds, prev.y)
                 else:  # "times"
                     record.append(s0, ds, None)
+            if k == switch_at:
+                self.switched = (s0 + ds, out.y1)
+                return growth, _SWITCH
         return growth, None
 
     def _interp(self, prev: LoopState, out, s0: float, ds: float):
@@ -720,6 +735,8 @@ class AdaptiveLoop:
                          iterations=iterations, record=record, steps=steps_log, event=event)
         res.extra["y_final"] = y
         res.extra["carry"] = carry
+        if not self.per_sample:
+            res.extra["emitted"] = self.outputs.i  # output rows filled, y0's included
         if hasattr(self.stepper, "n_jac"):
             res.n_jac, res.n_lu = self.stepper.n_jac, self.stepper.n_lu
             res.newton = getattr(self.stepper, "last_failure", None)

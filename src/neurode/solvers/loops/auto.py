@@ -1,0 +1,166 @@
+"""``method="auto"``: the explicit method that fits the tolerance, and Radau while the problem is
+stiff.
+
+The solve is a chain of segments, each an ordinary :class:`~neurode.solvers.loops.adaptive.
+AdaptiveLoop` run of one method from where the previous one stopped:
+
+1. the explicit method is chosen by ``rtol`` (:data:`BY_TOLERANCE`: tsit5, then vern8; read off the
+   work–precision benchmark, ``benchmarks/bench_work_precision.py``);
+2. its accepted steps are watched by Hairer–Shampine's stiffness test
+   (:class:`~neurode.solvers.loops.stiffness.StiffnessTest`); when it fires, the segment ends
+   after that step and ``radau`` goes on from its end state;
+3. Radau's steps are watched by :class:`~neurode.solvers.loops.stiffness.NonStiffTest`; when the
+   problem is no longer stiff, the explicit method takes over again; and so on.
+
+Each segment starts its method afresh (its initial-step heuristic, its first evaluation), and
+the segments' outputs, counts and step records are joined. Gradients by backpropagation flow
+through the very steps taken (a segment's start state is the previous segment's last ``y1``);
+``odeint_adjoint`` runs ``auto`` forward and, by default, on the backward augmented system.
+
+Per-sample solves get the explicit method of their tolerance without switching (Radau is a
+joint-only method); the checkpointed and reversible adjoints, which replay one stepper, refuse
+``auto`` with a clear error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+
+from neurode.errors import InvalidInputError
+from neurode.solvers.loops.adaptive import AdaptiveLoop
+from neurode.solvers.loops.common import LoopResult, StepRecord
+from neurode.solvers.loops.stiffness import NonStiffTest, StiffnessTest
+from neurode.solvers.problem import Problem
+
+__all__ = ["BY_TOLERANCE", "STIFF_METHOD", "explicit_for", "run_auto"]
+
+#: ``(rtol at least, method)``, first match wins: the explicit method ``auto`` starts with. From
+#: ``bench_work_precision.py`` (NFE at equal error over the best of all explicit methods per
+#: problem, geometric mean over DETEST A/B/D and an MLP field): tsit5 is best at 1e-3 and 1e-4
+#: (1.00, 1.06); from 1e-5 to 1e-12 vern8 is best or within 0.02 of the best (1.06–1.12).
+BY_TOLERANCE: tuple[tuple[float, str], ...] = ((1e-4, "tsit5"), (0.0, "vern8"))
+STIFF_METHOD = "radau"
+
+
+def explicit_for(rtol) -> str:
+    """The explicit method :data:`BY_TOLERANCE` gives for ``rtol`` (a tensor: its smallest
+    entry)."""
+    r = float(rtol.min()) if isinstance(rtol, torch.Tensor) else float(rtol)
+    for bound, name in BY_TOLERANCE:
+        if r >= bound:
+            return name
+    return BY_TOLERANCE[-1][1]
+
+
+def _sub_problem(pb: Problem, name: str, s: float, y, t_out: list[float], steps_left: int,
+                 first: bool) -> Problem:
+    """``pb`` as a solve of method ``name`` from internal time ``s`` and state ``y``."""
+    from neurode.solvers.registry import get_method
+
+    spec = get_method(name)
+    ctl = pb.opts.control
+    changes = {"max_num_steps": max(1, steps_left)}
+    for key, value in spec.defaults.items():  # radau's own defaults (pure I control)
+        if key not in pb.opts.given:
+            changes[key] = value
+    if not first and "first_step" in pb.opts.given:
+        changes["first_step"] = None  # the user's first step is the solve's, not a segment's
+    opts = replace(pb.opts, control=replace(ctl, **changes))
+    return replace(pb, method=spec, opts=opts, y0=y, t_out=tuple([s, *t_out]))
+
+
+def run_auto(pb: Problem, *, record: str | None = None, quad=None, event_fn=None,
+             per_sample_record: bool = False) -> LoopResult:
+    """Solve ``pb`` with ``method="auto"`` (module docstring); the arguments as for
+    :func:`neurode.solvers.api.integrate`."""
+    from neurode.solvers.registry import get_method
+
+    if quad is not None:
+        raise InvalidInputError("method 'auto' does not integrate quadratures")
+    if record in ("steps", "times"):
+        raise InvalidInputError(
+            "method 'auto' changes method during the solve, which the checkpointed and "
+            "reversible adjoints cannot replay; name a method (e.g. method='tsit5' or "
+            "'radau'), or use odeint / odeint_adjoint without checkpoints")
+    explicit = explicit_for(pb.rtol)
+    if pb.per_sample:
+        sub = replace(pb, method=get_method(explicit))
+        res = AdaptiveLoop(sub, sub.method.stepper(sub), record=record,
+                           per_sample_record=per_sample_record).run()
+        res.extra["segments"] = [(explicit, None, None)]
+        return _finish(res, sub, res.extra.get("stepper"))
+    tab = get_method(explicit).tableau
+    t_end = math.inf if event_fn is not None else pb.t_out[-1]
+    max_steps = pb.opts.control.max_num_steps
+    s, y = pb.t_out[0], pb.y0
+    rows = [pb.y0[0]]
+    remaining = list(pb.t_out[1:])
+    segments: list[tuple[str, float, float, int, int]] = []
+    combined = StepRecord() if record is not None else None
+    step_steppers: list = []
+    totals = {"nfe": 0, "n_steps": 0, "n_acc": 0, "n_jac": 0, "n_lu": 0, "host_syncs": 0,
+              "iterations": 0}
+    name = explicit
+    while True:
+        sub = _sub_problem(pb, name, s, y, remaining, max_steps - totals["n_steps"],
+                           first=not segments)
+        stepper = sub.method.stepper(sub)
+        if name == STIFF_METHOD:
+            monitor = NonStiffTest(stepper, tab.stability_boundary)
+        else:
+            monitor = StiffnessTest(tab)
+        loop = AdaptiveLoop(sub, stepper, record=record, event_fn=event_fn,
+                            t_end=math.inf if event_fn is not None else None, monitor=monitor)
+        res = loop.run()
+        totals["nfe"] += int(res.nfe)
+        totals["n_steps"] += int(res.n_steps[0])
+        totals["n_acc"] += int(res.n_accepted[0])
+        totals["n_jac"] += res.n_jac
+        totals["n_lu"] += res.n_lu
+        totals["host_syncs"] += res.host_syncs
+        totals["iterations"] += res.iterations
+        emitted = res.extra.get("emitted", 1)
+        rows.extend(res.ys[1:emitted, 0].unbind(0))
+        s_end = float(res.t_final[0])
+        segments.append((name, s, s_end, int(res.nfe), int(res.n_steps[0])))
+        if combined is not None and res.record is not None:
+            r = res.record
+            for k in range(len(r.t)):
+                combined.append(r.t[k], r.h[k], r.y[k], r.y1[k], r.dense[k])
+                step_steppers.append(stepper)
+        switched = loop.switched is not None and int(res.status[0]) == 0 and res.event is None
+        if not switched or s_end >= t_end:
+            break
+        remaining = remaining[emitted - 1:]
+        s, y = s_end, res.extra["y_final"]
+        name = STIFF_METHOD if name != STIFF_METHOD else explicit
+    T = len(pb.t_out)
+    if event_fn is None and len(rows) < T:
+        pad = torch.full_like(pb.y0[0], math.nan)
+        rows.extend([pad] * (T - len(rows)))
+    ys = torch.stack(rows if event_fn is None else rows[:1]).unsqueeze(1)
+    dev = pb.y0.device
+
+    def i64(v):
+        return torch.tensor([v], dtype=torch.int64, device=dev)
+
+    out = LoopResult(ys=ys, status=res.status, t_final=res.t_final, n_steps=i64(totals["n_steps"]),
+                     n_accepted=i64(totals["n_acc"]), nfe=totals["nfe"], fail_dt=res.fail_dt,
+                     h_next=res.h_next, n_jac=totals["n_jac"], n_lu=totals["n_lu"],
+                     host_syncs=totals["host_syncs"], iterations=totals["iterations"],
+                     record=combined, event=res.event, newton=res.newton)
+    out.extra.update({k: v for k, v in res.extra.items() if k in ("y_final", "carry")})
+    out.extra["segments"] = [(n, pb.sign * a, pb.sign * b, nfe, steps)
+                             for n, a, b, nfe, steps in segments]
+    out.extra["step_steppers"] = step_steppers
+    return _finish(out, sub, stepper)
+
+
+def _finish(res: LoopResult, sub: Problem, stepper) -> LoopResult:
+    res.extra["stepper"] = stepper
+    res.extra["loop"] = "adaptive"
+    res.extra["last_problem"] = sub
+    return res
