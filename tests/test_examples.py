@@ -49,6 +49,17 @@ def test_odeblock_in_a_network():
     assert res["nfe_forward"] > 0 and res["nfe_backward"] > 0
 
 
+def test_thermostat_fits_the_heater_power_from_switching_times():
+    res = _load("thermostat").main(["--iters", "30"])
+    assert res["switches"] >= 10
+    assert abs(res["power"] - 8.0) < 0.1
+
+
+def test_bouncing_ball_learns_restitution_in_one_solve_per_iteration():
+    res = _load("bouncing_ball").main(["--bounces", "6", "--iters", "40"])
+    assert abs(res["e"] - 0.8) < 0.02
+
+
 @pytest.mark.parametrize("script,args,expect", [
     ("spiral.py", [], "max |z(t) - exp(At) z0|"),
     ("bouncing_ball.py", ["--iters", "30"], "learned e"),

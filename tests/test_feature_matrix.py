@@ -160,6 +160,53 @@ def test_terminal_events(method):
     assert abs(float(sol[-1, 0]) - 0.5) <= 4 * tol
 
 
+def _oscillator(t, y):
+    return torch.stack([y[1], -y[0]])
+
+
+@pytest.mark.parametrize("method", NAMES)
+def test_hybrid_events_directions_and_resets(method):
+    """y0 = sin t on [0, 13]: rising zeros at 2π, 4π, falling at π, 3π, located to the method's
+    tolerance; then a terminal event at the second falling zero after a reset that flips the
+    velocity at the first (the mirror image: y0 = −sin(t − π) + … crosses again at 2π)."""
+    y0 = torch.tensor([0.0, 1.0], dtype=F64)
+    t = torch.tensor([0.0, 13.0], dtype=F64)
+    opts = _options(method) or None
+    tol = max(_tol(method, F64), 1e-6)
+    if method == "fehlberg2":  # its global error is ~10³ × rtol (test_convergence.py explains)
+        tol *= 30
+
+    def solve(direction):
+        return neurode.odeint_hybrid(_oscillator, y0, t, event_fn=lambda t, y: y[0],
+                                     direction=direction, method=method, options=opts,
+                                     **_rtol(F64))
+
+    out = _run(method, lambda: solve(+1), "hybrid events")
+    if out is None:
+        return
+    expected = {+1: [2 * math.pi, 4 * math.pi], -1: [math.pi, 3 * math.pi],
+                0: [math.pi, 2 * math.pi, 3 * math.pi, 4 * math.pi]}
+    for d, times in expected.items():
+        sol = out if d == +1 else solve(d)
+        got = [float(e.t.detach()) for e in sol.events]
+        assert len(got) == len(times), (method, d, got)
+        assert max(abs(a - b) for a, b in zip(got, times, strict=True)) <= 4 * tol, (method, d)
+    # a reset at each falling zero, (y, v) -> (y, −v), sends the solution back up, so it falls
+    # through 0 every π; a second, terminal function t − 10 ends the solve
+    sol = neurode.odeint_hybrid(
+        _oscillator, y0, torch.tensor([0.0, 5.0, 13.0], dtype=F64),
+        event_fn=lambda t, y: torch.stack([y[0], t - 10.0]), direction=(-1, +1),
+        terminal=(False, True), reset=lambda t, y, k: torch.stack([y[0], -y[1]]),
+        method=method, options=opts, **_rtol(F64))
+    got = [float(e.t.detach()) for e in sol.events]
+    want = [math.pi, 2 * math.pi, 3 * math.pi, 10.0]
+    assert [e.index for e in sol.events] == [0, 0, 0, 1] and sol.terminated, (method, got)
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 8 * tol, (method, got)
+    # t = 5 lies on the second branch (π, 2π), where y = −sin t; t = 13 holds the end state
+    assert abs(float(sol.ys[1, 0]) + math.sin(5.0)) <= 8 * tol
+    assert torch.equal(sol.ys[2], sol.events[-1].y)
+
+
 class _Grid(torch.nn.Module):
     """dy/dt = 1, except exactly at the grid points t = k·h, where it is 0: a defect that only
     evaluations *at* grid points see, as at a discontinuity."""

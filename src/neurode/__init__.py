@@ -19,9 +19,12 @@ from neurode.errors import (
     UnknownOptionError,
 )
 from neurode.gradients import (
+    Event,
+    HybridSolution,
     odeint_adjoint,
     odeint_checkpoint,
     odeint_event,
+    odeint_hybrid,
     odeint_jvp,
     odeint_reversible,
 )
@@ -44,8 +47,10 @@ __all__ = [
     "TABLEAUX",
     "ButcherTableau",
     "DenseOutput",
+    "Event",
     "ExternalSolverError",
     "FuncOutputError",
+    "HybridSolution",
     "InvalidInputError",
     "MaxStepsReachedError",
     "NeurodeError",
@@ -64,6 +69,7 @@ __all__ = [
     "odeint_checkpoint",
     "odeint_dense",
     "odeint_event",
+    "odeint_hybrid",
     "odeint_jvp",
     "odeint_reversible",
     "solve_ivp",

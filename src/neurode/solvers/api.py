@@ -23,8 +23,8 @@ from neurode.solvers.quadrature import Quadrature
 from neurode.solvers.solution import DenseOutput, Segment, Solution, Stats
 from neurode.solvers.steppers.base import hermite
 
-__all__ = ["EVENT_MAX_STEPS", "grid_of", "integrate", "odeint", "odeint_dense", "raise_failure",
-           "solve_ivp", "time_grad_start", "with_time_grad"]
+__all__ = ["EVENT_MAX_STEPS", "find_event", "grid_of", "integrate", "odeint", "odeint_dense",
+           "raise_failure", "solve_ivp", "time_grad_start", "with_time_grad"]
 
 #: Steps an event search takes before giving up, unless ``options["max_num_steps"]`` says.
 EVENT_MAX_STEPS = 50_000
@@ -79,13 +79,15 @@ def integrate(pb: Problem, *, record: str | None = None, quad: Quadrature | None
                         per_sample_record=per_sample_record)
     stepper = spec.stepper(pb)
     if loop == "adaptive":
+        # an event search runs on [t0, ∞) unless the problem has an end (hybrid segments)
+        unbounded = event_fn is not None and len(pb.t_out) == 1
         res = AdaptiveLoop(pb, stepper, record=record, quad=quad, event_fn=event_fn,
-                           t_end=math.inf if event_fn is not None else None,
+                           t_end=math.inf if unbounded else None,
                            per_sample_record=per_sample_record).run()
     else:
         warn_unused_callbacks(pb, rejects=False)
         step = None
-        if event_fn is not None:
+        if event_fn is not None and len(pb.t_out) == 1:
             step = pb.opts.alf.step_size if pb.opts.alf is not None else pb.opts.grid.step_size
             if step is None:
                 raise InvalidInputError(
@@ -232,6 +234,28 @@ def integrate_event(func, y0, t, event_fn, *, rtol=1e-7, atol=1e-9, method=None,
     sol = pb.layout.trajectory(torch.stack([pb.y0, y_ev.reshape(pb.y0.shape)]))
     event_t = torch.tensor(pb.sign * s_ev, dtype=pb.t.dtype, device=pb.t.device)
     return event_t, sol
+
+
+def find_event(func, y0, t0: float, t1: float, spec, *, rtol, atol, method, options,
+               max_steps_left: int | None = None) -> tuple[float, int, Any, int] | None:
+    """The first event of ``spec`` (an :class:`~neurode.solvers.loops.events.EventSpec`) in
+    ``[t0, t1]`` (the user's times, either direction), no graph: ``(t*, which, y*, nfe)`` with
+    ``y*`` the located state in the user's structure, or None when none comes before ``t1``.
+    Failures raise their named errors."""
+    t = torch.tensor([t0, t1], dtype=torch.float64)
+    opts = dict(options or {})
+    if max_steps_left is not None and "max_num_steps" not in opts:
+        opts["max_num_steps"] = max_steps_left
+    with torch.no_grad():
+        pb = make_problem(func, y0, t, rtol, atol, method, opts)
+        if pb.per_sample:
+            raise InvalidInputError("find_event: joint problems only")
+        res = integrate(pb, event_fn=spec)
+        raise_failure(pb, res)
+    if res.event is None:
+        return None
+    s_ev, y_ev, _ = res.event
+    return pb.sign * s_ev, spec.which, pb.layout.to_user(y_ev.reshape(1, -1)), int(res.nfe)
 
 
 def _stats(pb: Problem, res: LoopResult) -> Stats:

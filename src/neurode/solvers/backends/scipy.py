@@ -82,10 +82,12 @@ def run_scipy(pb: Problem, *, record: str | None = None, event_fn=None) -> LoopR
 
     status, t_reached, n_steps, event = Status.SUCCESS, t_out[0], 0, None
     message = None
-    end = float("inf") if watch is not None else t_out[-1]
+    # an event search runs on [t0, ∞) unless the problem has an end (hybrid segments)
+    bounded = watch is None or len(t_out) > 1
+    end = t_out[-1] if bounded else 1e300
     if len(t_out) > 1 or watch is not None:
         y_np = y0.detach().to(wdtype).reshape(-1).cpu().numpy()
-        ode = getattr(integrate, o.solver)(fun, t_out[0], y_np, end if watch is None else 1e300,
+        ode = getattr(integrate, o.solver)(fun, t_out[0], y_np, end,
                                            rtol=pb.rtol, atol=pb.atol, **kw)
         i_out = 1
         while i_out < len(t_out) or watch is not None:

@@ -716,8 +716,7 @@ class AdaptiveLoop:
             nfe = 1 + first + n_steps * (st.evals_per_step + st.n_extra) if iterations else \
                 torch.zeros_like(n_steps)
         else:
-            ys = self.outputs.stacked(len(pb.t_out)) if self.watch is None \
-                else pb.y0.unsqueeze(0)
+            ys = self.outputs.stacked(len(pb.t_out))
             nfe = pb.field.nfe - nfe0
             if self.compiled:  # the compiled steps' evaluations, which the field did not count
                 nfe += iterations * self.stepper.evals_per_step

@@ -93,7 +93,8 @@ def run_auto(pb: Problem, *, record: str | None = None, quad=None, event_fn=None
         res.extra["segments"] = [(explicit, None, None)]
         return _finish(res, sub, res.extra.get("stepper"))
     tab = get_method(explicit).tableau
-    t_end = math.inf if event_fn is not None else pb.t_out[-1]
+    unbounded = event_fn is not None and len(pb.t_out) == 1  # an event search on [t0, ∞)
+    t_end = math.inf if unbounded else pb.t_out[-1]
     max_steps = pb.opts.control.max_num_steps
     s, y = pb.t_out[0], pb.y0
     rows = [pb.y0[0]]
@@ -113,7 +114,7 @@ def run_auto(pb: Problem, *, record: str | None = None, quad=None, event_fn=None
         else:
             monitor = StiffnessTest(tab)
         loop = AdaptiveLoop(sub, stepper, record=record, event_fn=event_fn,
-                            t_end=math.inf if event_fn is not None else None, monitor=monitor)
+                            t_end=math.inf if unbounded else None, monitor=monitor)
         res = loop.run()
         totals["nfe"] += int(res.nfe)
         totals["n_steps"] += int(res.n_steps[0])
@@ -138,10 +139,10 @@ def run_auto(pb: Problem, *, record: str | None = None, quad=None, event_fn=None
         s, y = s_end, res.extra["y_final"]
         name = STIFF_METHOD if name != STIFF_METHOD else explicit
     T = len(pb.t_out)
-    if event_fn is None and len(rows) < T:
+    if not unbounded and len(rows) < T:
         pad = torch.full_like(pb.y0[0], math.nan)
         rows.extend([pad] * (T - len(rows)))
-    ys = torch.stack(rows if event_fn is None else rows[:1]).unsqueeze(1)
+    ys = torch.stack(rows if not unbounded else rows[:1]).unsqueeze(1)
     dev = pb.y0.device
 
     def i64(v):

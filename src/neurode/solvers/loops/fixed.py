@@ -141,7 +141,9 @@ class FixedLoop:
         if len(t_out) == 1 and self.watch is None:
             return self._result(ys, status, t_reached, fail_dt, 0, record, nfe0, event, y)
         if self.watch is not None:
-            grid = (t_out[0] + k * self.step for k in itertools.count())
+            # an event search: on the unbounded grid t0 + k·step, or on the grid up to t_out[-1]
+            grid = (iter(self.grid) if self.grid is not None
+                    else (t_out[0] + k * self.step for k in itertools.count()))
             t_out = [t_out[0]]
         else:
             grid = iter(self.grid)
@@ -201,7 +203,8 @@ class FixedLoop:
             g_prev = g1
         if pending and event is None and self.watch is not None:
             event = self._events(pending)
-        if self.watch is not None and event is None and status == Status.SUCCESS:
+        if self.watch is not None and event is None and status == Status.SUCCESS \
+                and self.grid is None:
             status = Status.MAX_STEPS
         res = self._result(ys, status, t_reached, fail_dt, n, record, nfe0, event, y)
         res.extra["carry"] = carry
