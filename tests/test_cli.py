@@ -194,6 +194,7 @@ def test_sigint_saves_a_checkpoint_exits_130_and_resumes_exactly(tmp_path):
 
 
 def test_classify_latent_and_cnf_run_and_write_their_results(tmp_path):
+    pytest.importorskip("sklearn")  # classify's default data set ships with scikit-learn
     assert _run(tmp_path, "train", "classify", "--no-progress", "--name", "cl", "--epochs",
                 "2", "--dim", "16", "--models", "ode", "resnet") == 0
     res = json.loads((tmp_path / "cl" / "results.json").read_text())

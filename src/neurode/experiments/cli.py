@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from functools import partial
@@ -42,7 +43,7 @@ __all__ = ["main"]
 
 # settings that do not change what a run computes (not checked on resume)
 _NOT_CONFIG = {"command", "resume", "no_progress", "runs_dir", "name", "checkpoint_every",
-               "explicit"}
+               "explicit", "threads"}
 
 
 def _device(name: str) -> torch.device:
@@ -60,6 +61,33 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None:
             return action.help
         return super()._get_help_string(action)
+
+
+def _method(name: str) -> str:
+    """``--method``: a registered name, or an error that suggests the nearest ones."""
+    if name in METHODS:
+        return name
+    import difflib
+
+    near = difflib.get_close_matches(name, sorted(METHODS), n=3, cutoff=0.5)
+    # equally close names in alphabetical order (dopri5 before dopri8)
+    near.sort(key=lambda n: (-difflib.SequenceMatcher(None, name, n).ratio(), n))
+    hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+    raise argparse.ArgumentTypeError(f"unknown method {name!r}{hint} (valid: "
+                                     f"{', '.join(sorted(METHODS))})")
+
+
+def _threads(value: str) -> str | int:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number of threads, "
+                                         f"got {value!r}")
+    return n
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,9 +124,13 @@ def _parser() -> argparse.ArgumentParser:
                             help="steps between checkpoints (also saved at the end and on "
                                  "Ctrl-C)")
         common.add_argument("--no-progress", action="store_true", help="no progress bar")
+        common.add_argument("--threads", default="auto", type=_threads,
+                            help="CPU threads of PyTorch's pool; auto: 1 on the CPU (these "
+                                 "models' tensors are small: a thread pool only contends with "
+                                 "other load), torch's default on CUDA")
         solver = tp.add_argument_group("solver")
-        solver.add_argument("--method", default="dopri5", choices=sorted(METHODS),
-                            metavar="METHOD", help="ODE solver (any of neurode.METHODS)")
+        solver.add_argument("--method", default="dopri5", type=_method, metavar="METHOD",
+                            help="ODE solver: " + ", ".join(sorted(METHODS)))
         solver.add_argument("--rtol", type=float, default=1e-3 if name == "classify" else 1e-5,
                             help="relative tolerance of adaptive methods")
         solver.add_argument("--atol", type=float, default=1e-3 if name == "classify" else 1e-6,
@@ -132,17 +164,103 @@ def _build(cfg: dict[str, Any], device: torch.device):
 
 
 def _train(args: argparse.Namespace) -> int:
+    threads = torch.get_num_threads()  # set for the run (--threads), restored after it
     try:
         # the process group is torn down however training ends (see Dist.close)
         with Dist.setup(_device(args.device)) as dist:
             return _train_in(args, dist)
     except KeyboardInterrupt:  # Ctrl-C/SIGTERM: the checkpoint is saved
         return 130
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _validate(args: argparse.Namespace) -> None:
+    """Every setting checked before a run folder exists: a bad one leaves nothing behind."""
+    def need(ok: bool, opt: str, why: str) -> None:
+        if not ok:
+            raise NeurodeError(f"--{opt} {getattr(args, opt.replace('-', '_'))}: {why}")
+
+    if args.steps is not None:
+        need(args.steps >= 1, "steps", "the number of training steps must be at least 1")
+    need(math.isfinite(args.lr) and args.lr > 0, "lr", "the learning rate must be positive")
+    need(args.batch_size >= 1, "batch-size", "a batch holds at least one sample")
+    need(args.checkpoint_every >= 1, "checkpoint-every", "must be at least 1 step")
+    for opt in ("epochs", "dim", "latent_dim", "hidden", "n_obs", "n_series", "n_points"):
+        if isinstance(getattr(args, opt, None), int):
+            need(getattr(args, opt) >= 1, opt.replace("_", "-"), "must be at least 1")
+    if isinstance(getattr(args, "noise", None), float):
+        need(math.isfinite(args.noise) and args.noise >= 0, "noise", "a standard deviation "
+             "is a non-negative number")
+    if isinstance(getattr(args, "min_span", None), float):
+        need(0 < args.min_span <= args.max_span, "min-span", f"must be positive and at most "
+             f"--max-span {args.max_span}")
+    for opt in ("rtol", "atol"):
+        need(math.isfinite(getattr(args, opt)) and getattr(args, opt) >= 0, opt,
+             "a tolerance is a non-negative number")
+    # the solver's own front door checks the method with these tolerances (and names problems)
+    from neurode.solvers.problem import make_problem
+
+    dtype = getattr(torch, args.dtype)
+    try:
+        make_problem(lambda t, y: y, torch.zeros(1, dtype=dtype),
+                     torch.tensor([0.0, 1.0], dtype=dtype), args.rtol, args.atol, args.method,
+                     None)
+    except NeurodeError as e:
+        raise NeurodeError(f"--method {args.method} --rtol {args.rtol} --atol {args.atol}: "
+                           f"{e}") from None
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    """A checkpoint of the run itself or of a classify sub-run."""
+    return (run_dir / CHECKPOINT).exists() or any(run_dir.glob(f"*/{CHECKPOINT}"))
+
+
+def _read_config(run_dir: Path) -> dict[str, Any] | None:
+    """The run's settings: ``config.json``, or (missing or unreadable) those its checkpoint
+    stores; None when there is neither."""
+    path = run_dir / "config.json"
+    problem = None
+    if path.exists():
+        try:
+            cfg = json.loads(path.read_text())
+            if isinstance(cfg, dict) and "task" in cfg:
+                return cfg
+            problem = "it does not hold a run's settings"
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            problem = f"it is not valid JSON ({e})"
+    ckpts = sorted(run_dir.glob(CHECKPOINT)) + sorted(run_dir.glob(f"*/{CHECKPOINT}"))
+    for ck in ckpts:
+        cfg = dict(load_checkpoint(ck)["config"])
+        if ck.parent != run_dir:
+            cfg.pop("model", None)  # a classify sub-run's own key
+        if problem is not None:
+            print(f"neurode: note: {path} is unusable ({problem}); using the settings stored in "
+                  f"{ck}", file=sys.stderr)
+        return cfg
+    if problem is not None:
+        raise CheckpointError(f"{path} is unusable: {problem}, and the run has no checkpoint to "
+                              "recover its settings from; delete the folder or start another "
+                              "--name")
+    return None
+
+
+def _threads_for(args: argparse.Namespace, device: torch.device) -> str:
+    """Set PyTorch's CPU thread count for the run; returns what was chosen, for the log."""
+    n = args.threads
+    if n == "auto":
+        if device.type != "cpu":
+            return f"{torch.get_num_threads()} CPU threads (torch's default)"
+        torch.set_num_threads(1)
+        return "1 CPU thread (auto: small tensors; --threads N for more)"
+    torch.set_num_threads(n)
+    return f"{n} CPU thread{'s' if n > 1 else ''} (--threads)"
 
 
 def _train_in(args: argparse.Namespace, dist: Dist) -> int:
     runs = Path(args.runs_dir)
     explicit = getattr(args, "explicit", set())
+    _validate(args)
     if args.name is None:
         if args.resume:
             raise NeurodeError("--resume needs --name (the run to continue)")
@@ -154,13 +272,15 @@ def _train_in(args: argparse.Namespace, dist: Dist) -> int:
     if args.batch_size % dist.world:
         raise NeurodeError(f"--batch-size {args.batch_size} must be a multiple of the "
                            f"{dist.world} processes (each takes an equal share)")
+    threads = _threads_for(args, dist.device)
     run_dir = runs / args.name
     cfg = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
-    if args.resume:
-        saved = json.loads((run_dir / "config.json").read_text()) if (
-            run_dir / "config.json").exists() else None
+    resume = args.resume
+    if resume:
+        saved = _read_config(run_dir)
         if saved is None:
-            raise CheckpointError(f"--resume: no run at {run_dir} (no config.json)")
+            raise CheckpointError(f"--resume: no run at {run_dir} (no config.json, no "
+                                  "checkpoint)")
         for k in ("steps", "epochs"):  # the length of a run can be extended on resume
             if k in explicit:
                 saved[k] = cfg[k]
@@ -172,33 +292,43 @@ def _train_in(args: argparse.Namespace, dist: Dist) -> int:
                                           f"{saved[k]})" for k in ignored)
                   + "; start a new run (another --name) to change them", file=sys.stderr)
         cfg = saved
+        if not _has_checkpoint(run_dir):
+            resume = False
+            if dist.main:
+                print(f"neurode: note: {run_dir} has no checkpoint yet (it stopped before its "
+                      "first one): starting it from step 0 with its saved settings",
+                      file=sys.stderr)
         if dist.main:  # the extended length, so that the folder describes the run
+            run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")
     else:
         if cfg["steps"] is None:  # a task's default may depend on its other settings
             steps = TASKS[args.task].defaults["steps"]
             cfg["steps"] = steps[args.objective] if isinstance(steps, dict) else steps
         # rank 0 decides, so that no rank sees the config rank 0 has just written
-        taken = (run_dir / CHECKPOINT).exists() or (run_dir / "config.json").exists()
-        if dist.from_main(taken):
+        if dist.from_main(_has_checkpoint(run_dir)):
             raise NeurodeError(f"{run_dir} already holds a run: pass --resume to continue it, "
                                "or another --name")
         if dist.main:
+            if (run_dir / "config.json").exists():
+                print(f"neurode: note: {run_dir} holds a run that stopped before its first "
+                      "checkpoint; starting it afresh with these settings", file=sys.stderr)
             run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(run_dir / "config.json", json.dumps(cfg, indent=2) + "\n")
     if dist.main:
         print(f"run {run_dir}  ({dist.world} process{'es' if dist.world > 1 else ''}, "
-              f"{dist.device}, {cfg['dtype']})", file=sys.stderr)
+              f"{dist.device}, {cfg['dtype']}, {threads})", file=sys.stderr)
     progress = not args.no_progress
     if cfg["task"] == "classify":
-        results = _train_classify(cfg, run_dir, dist, args.resume, progress,
+        results = _train_classify(cfg, run_dir, dist, resume, progress,
                                   args.checkpoint_every)
     else:
         task = _build(cfg, dist.device)
         trainer = Trainer(task, run_dir, cfg, dist)
         try:
-            if args.resume:
+            if resume:
                 trainer.resume()
+                _note_complete(trainer.step, cfg["steps"], dist)
             last = trainer.train(cfg["steps"], checkpoint_every=args.checkpoint_every,
                                  progress=progress)
         finally:
@@ -206,7 +336,7 @@ def _train_in(args: argparse.Namespace, dist: Dist) -> int:
         results = {"final_train": last}
         if dist.main:
             results.update(task.evaluate())
-            results["plots"] = [str(p) for p in task.plot(run_dir)]
+            results["plots"] = [str(p) for p in task.plot(run_dir, trainer.step)]
     if dist.main:
         write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         _print_results(results, cfg["task"])
@@ -229,6 +359,7 @@ def _train_classify(cfg, run_dir, dist, resume, progress, checkpoint_every) -> d
             torch.cuda.reset_peak_memory_stats(dist.device)
         if resume and (sub / CHECKPOINT).exists():
             trainer.resume()
+            _note_complete(trainer.step, steps, dist, f" ({model})")
         t0 = time.perf_counter()
         done_before = trainer.step
         try:
@@ -251,8 +382,15 @@ def _train_classify(cfg, run_dir, dist, resume, progress, checkpoint_every) -> d
                            "seconds_per_epoch": sec, "activation_mb": saved / 2**20,
                            "peak_memory_mb": _peak_memory_mb(dist.device)}
     if dist.main:
-        rows["plots"] = [str(plots.classify(run_dir / "classify.png", rows))]
+        rows["plots"] = [str(plots.classify(run_dir / "classify.png", rows, cfg))]
     return rows
+
+
+def _note_complete(step: int, steps: int, dist: Dist, what: str = "") -> None:
+    if step >= steps and dist.main:
+        print(f"neurode: note: the run{what} is already complete (step {step} of {steps}): "
+              "nothing to train; its metrics follow (extend it with a larger --steps/--epochs)",
+              file=sys.stderr)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -288,10 +426,9 @@ def _print_results(results: dict, task: str) -> None:
 
 
 def _load_run(run: Path, device_name: str):
-    cfg_path = run / "config.json"
-    if not cfg_path.exists():
-        raise CheckpointError(f"{run} is not a run folder (no config.json)")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = _read_config(run)
+    if cfg is None:
+        raise CheckpointError(f"{run} is not a run folder (no config.json, no checkpoint)")
     device = _device(device_name)
     subs = [(m, run / m, {**cfg, "model": m}) for m in cfg["models"]] \
         if cfg["task"] == "classify" else [(None, run, cfg)]
@@ -315,9 +452,22 @@ def _evaluate(args) -> int:
 
 
 def _plot(args) -> int:
+    cfg = _read_config(args.run)
+    if cfg is not None and cfg.get("task") == "classify":
+        # the comparison figure is drawn from the run's results (accuracy, time, memory)
+        from neurode.experiments import plots
+
+        path = args.run / "results.json"
+        if not path.exists():
+            raise CheckpointError(f"{path} is missing: the classify run has not finished; "
+                                  f"finish it (neurode train classify --name {args.run.name} "
+                                  "--resume) to get its figure")
+        rows = json.loads(path.read_text())
+        print(plots.classify(args.run / "classify.png", rows, cfg))
+        return 0
     loaded = _load_run(args.run, args.device)
-    for _, folder, task, _ in loaded:
-        for p in task.plot(folder):
+    for _, folder, task, step in loaded:
+        for p in task.plot(folder, step):
             print(p)
     return 0
 
@@ -350,6 +500,12 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(args)
     except NeurodeError as e:
         print(f"neurode: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only runs folder, a full disk: the files written so far stay
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"neurode: error: {e.strerror or e}{where}; files already written are kept "
+              "(checkpoints are written atomically); free space or choose another --runs-dir",
+              file=sys.stderr)
         return 2
 
 

@@ -117,9 +117,10 @@ class SpiralTask:
                 "trajectory_error_max": float(err.max()),
                 "observation_mae": float((pred - self.obs).abs().mean())}
 
-    def plot(self, run_dir: Path) -> list[Path]:
+    def plot(self, run_dir: Path, step: int | None = None) -> list[Path]:
         return [plots.spiral(run_dir / "spiral.png", self.t, self.obs, self.z_true,
-                             self.trajectory(), self.model.func)]
+                             self.trajectory(), self.model.func,
+                             caption=plots.caption(self.cfg, step))]
 
 
 # --- classification -------------------------------------------------------------------------
@@ -186,8 +187,8 @@ class ClassifyTask:
         return {"test_accuracy": correct / len(self.yte),
                 "parameters": count_parameters(self.model)}
 
-    def plot(self, run_dir: Path) -> list[Path]:
-        return []
+    def plot(self, run_dir: Path, step: int | None = None) -> list[Path]:
+        return []  # the models are compared in one figure (plots.classify, from results.json)
 
 
 # --- latent ODE -----------------------------------------------------------------------------
@@ -267,8 +268,9 @@ class LatentTask:
         return {"dense_t": dense_t, "dense_latent": self.model.latent.extrapolate(x, t, dense_t),
                 "extrap_gru": self.model.gru.extrapolate(x, t, tf)}
 
-    def plot(self, run_dir: Path) -> list[Path]:
-        return [plots.latent(run_dir / "latent.png", self.test_data, self._curves())]
+    def plot(self, run_dir: Path, step: int | None = None) -> list[Path]:
+        return [plots.latent(run_dir / "latent.png", self.test_data, self._curves(),
+                             caption=plots.caption(self.cfg, step))]
 
 
 # --- continuous normalizing flow ------------------------------------------------------------
@@ -336,8 +338,9 @@ class CNFTask:
             nll = -self.cnf.log_prob(self.test_x).mean()
         return {"test_nll": float(nll)}
 
-    def plot(self, run_dir: Path) -> list[Path]:
-        return [plots.density(run_dir / "cnf.png", self.test_x, self.cnf)]
+    def plot(self, run_dir: Path, step: int | None = None) -> list[Path]:
+        return [plots.density(run_dir / "cnf.png", self.test_x, self.cnf,
+                              caption=plots.caption(self.cfg, step))]
 
 
 TASKS: dict[str, type] = {t.name: t for t in (SpiralTask, ClassifyTask, LatentTask, CNFTask)}
