@@ -62,6 +62,9 @@ def test_bouncing_ball_learns_restitution_in_one_solve_per_iteration():
 
 @pytest.mark.parametrize("script,args,expect", [
     ("spiral.py", [], "max |z(t) - exp(At) z0|"),
+    # methods without a step size (they once got one passed and crashed)
+    ("spiral.py", ["--method", "radau"], "max |z(t) - exp(At) z0|"),
+    ("spiral.py", ["--method", "scipy_solver"], "max |z(t) - exp(At) z0|"),
     ("bouncing_ball.py", ["--iters", "30"], "learned e"),
 ])
 def test_scripts_run(script, args, expect):

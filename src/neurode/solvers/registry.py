@@ -186,7 +186,7 @@ def _auto_loop(_opts) -> str:
 # both methods' options (Newton's are used while Radau runs)
 register_method(MethodSpec("auto", ("control", "newton", "per_sample"), _auto_loop, None, None,
                            adaptive=True, per_sample=True,
-                           kind="tsit5 / vern7 / vern9 by tolerance, radau while stiff"))
+                           kind="tsit5 / vern8 by tolerance, radau while stiff"))
 
 
 # --- SciPy ---------------------------------------------------------------------------------------
