@@ -143,3 +143,11 @@ def test_figure_captions_say_what_was_run_and_whether_it_was_trained():
     assert "cnf (moons, fm)" in text and "step 100 of 100" in text and "UNTRAINED" not in text
     assert (_count(36458), _count(128938), _count(2.5e6), _count(12)) == ("36.5k", "129k",
                                                                           "2.5M", "12")
+
+
+def test_abbreviated_options_are_refused_not_silently_ignored_on_resume(tmp_path, capsys):
+    assert _run(tmp_path, *SPIRAL, "--name", "ab", "--steps", "1") == 0
+    with pytest.raises(SystemExit) as e:
+        _run(tmp_path, *SPIRAL, "--name", "ab", "--resume", "--step", "5")
+    assert e.value.code == 2
+    assert "unrecognized arguments: --step" in capsys.readouterr().err

@@ -203,3 +203,28 @@ def test_stop_after_ends_at_the_nth_event_and_an_output_at_an_event_is_the_state
     # the output at t1 is the state arriving at the floor, velocity still downwards
     assert float(sol.ys[1, 1]) == pytest.approx(-math.sqrt(2 * G * 10.0), rel=1e-9)
     assert torch.equal(sol.ys[3], sol.events[-1].y)
+
+
+def test_float32_times_with_an_event_on_an_output_time_and_a_zeno_ball():
+    # the event time is compared with the outputs in t's own precision (float32 rounds it)
+    t = torch.linspace(0, 2, 21)
+    sol = neurode.odeint_hybrid(lambda t, y: -y, torch.ones(1), t,
+                                event_fn=lambda t, y: t - 1.0, direction=1,
+                                reset=lambda t, y, k: y + 1)
+    assert len(sol.events) == 1 and float(sol.events[0].t.detach()) == pytest.approx(1.0)
+    assert float(sol.ys[10, 0]) == pytest.approx(math.exp(-1.0), rel=1e-4)  # just before
+    assert float(sol.ys[11, 0]) == pytest.approx((math.exp(-1.0) + 1) * math.exp(-0.1),
+                                                 rel=1e-4)
+    # bounces accumulating at ~12.85 s stop with a named error, not an internal one
+    bounce = lambda t, y, k: torch.stack([torch.zeros_like(y[0]), -0.8 * y[1]])  # noqa: E731
+    with pytest.raises(neurode.SolverError, match="accumulate|max_events"):
+        neurode.odeint_hybrid(fall, torch.tensor([10.0, 0.0]), torch.tensor([0.0, 100.0]),
+                              event_fn=height, direction=-1, reset=bounce, max_events=200)
+
+
+def test_max_events_bounds_the_count_even_with_a_later_stop_after():
+    _, _, y0, bounce = ball()
+    with pytest.raises(neurode.SolverError, match="max_events=2"):
+        neurode.odeint_hybrid(fall, y0.detach(), torch.tensor([0.0, 100.0], dtype=F64),
+                              event_fn=height, direction=-1, reset=bounce, max_events=2,
+                              stop_after=3, rtol=1e-10, atol=1e-10)

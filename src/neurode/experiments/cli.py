@@ -91,15 +91,19 @@ def _threads(value: str) -> str | int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    # no abbreviations: an abbreviated option would pass unseen by --resume's check of the
+    # options it cannot honour
     p = argparse.ArgumentParser(prog="neurode", description=__doc__.split("\n\n")[0],
+                                allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a model (see: neurode train TASK --help)")
+    train = sub.add_parser("train", help="train a model (see: neurode train TASK --help)",
+                           allow_abbrev=False)
     tsub = train.add_subparsers(dest="task", required=True)
     for name, task in TASKS.items():
         tp = tsub.add_parser(name, help=task.__doc__.splitlines()[0],
-                             formatter_class=_HelpFormatter)
+                             formatter_class=_HelpFormatter, allow_abbrev=False)
         common = tp.add_argument_group("run")
         common.add_argument("--name", help="run name (default: TASK-DATE-TIME); the folder is "
                             "RUNS_DIR/NAME")
@@ -144,11 +148,11 @@ def _parser() -> argparse.ArgumentParser:
         task.add_arguments(tp.add_argument_group(name))
     for cmd, text in (("evaluate", "print the metrics of a saved run"),
                       ("plot", "draw a saved run's figures again")):
-        c = sub.add_parser(cmd, help=text)
+        c = sub.add_parser(cmd, help=text, allow_abbrev=False)
         c.add_argument("run", type=Path, help="the run folder (runs/NAME)")
         c.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     b = sub.add_parser("bench", help="quick solver benchmark, or the full suite (--suite)",
-                       formatter_class=_HelpFormatter)
+                       formatter_class=_HelpFormatter, allow_abbrev=False)
     b.add_argument("--repeats", type=int, default=5, help="timed repeats per case (median)")
     b.add_argument("--suite", nargs="?", const="benchmarks", default=None, metavar="DIR",
                    type=Path, help="run every bench_*.py in DIR (a clone's benchmarks/ folder) "

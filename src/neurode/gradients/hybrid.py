@@ -9,7 +9,9 @@ stopping at each event on the way:
   reset: the same state); outputs after ``t*`` come from the reset trajectory, outputs at
   ``t*`` itself are the state just before the event; ``max_events`` bounds the number of
   events (a Zeno accumulation stops with a named error, never an endless loop);
-* after a terminal event the solve ends and the remaining outputs hold the state at the event.
+* after a terminal event the solve ends and the remaining outputs hold the state at the event;
+* two functions crossing at the same instant make one event (the first found); the other is ~0
+  at the restart and, like the one that fired, is watched from the first step's end on.
 
 Each segment between events is solved twice: a search without a graph
 (:func:`neurode.solvers.api.find_event`: the shared event watcher of every loop, Illinois root
@@ -255,6 +257,22 @@ def _joint(func, y0, t, *, event_fn, direction, terminal, reset, max_events, sto
             rows.extend(_rows(ys, 1, None))
             break
         t_star, which, y_found, _ = found
+        # the event time as t's dtype holds it (float32 times round): compared with the
+        # outputs, and the segment's times, in that precision
+        t_star = float(torch.tensor(t_star, dtype=t.dtype))
+        if (t_star - t_start) * sign <= 0:
+            raise SolverError(
+                f"events accumulate at t={t_star:.9g}: the next event time equals the last one "
+                f"in t's dtype ({t.dtype}), after {len(events)} events (a Zeno accumulation, "
+                "or a reset that leaves the state on its event surface); make the event "
+                "terminal, stop earlier (stop_after, a shorter t) or use float64 times",
+                t=t_star)
+        if len(events) >= max_events:
+            raise SolverError(
+                f"max_events={max_events} reached at t={t_star:.6g}: events keep coming (a "
+                "Zeno accumulation, or a reset that leaves the state on an event surface "
+                "crossing it again); raise max_events, or make the event terminal",
+                t=t_star)
         j = i
         while j < len(t_user) and (t_user[j] - t_star) * sign < 0:
             j += 1
@@ -281,12 +299,6 @@ def _joint(func, y0, t, *, event_fn, direction, terminal, reset, max_events, sto
             terminated = True
             rows.extend([y_minus] * (len(t_user) - i))
             break
-        if len(events) >= max_events:
-            raise SolverError(
-                f"max_events={max_events} reached at t={t_star:.6g}: events keep coming (a "
-                "Zeno accumulation, or a reset that leaves the state on an event surface "
-                "crossing it again); raise max_events, or make the event terminal",
-                t=t_star)
         y_plus = reset(event_t, y_minus, which) if reset is not None else y_minus
         _check_reset(y_plus, y_minus, t_star)
         events.append(Event(event_t, which, y_minus, y_plus, False))
