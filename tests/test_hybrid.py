@@ -217,7 +217,7 @@ def test_float32_times_with_an_event_on_an_output_time_and_a_zeno_ball():
                                                  rel=1e-4)
     # bounces accumulating at ~12.85 s stop with a named error, not an internal one
     bounce = lambda t, y, k: torch.stack([torch.zeros_like(y[0]), -0.8 * y[1]])  # noqa: E731
-    with pytest.raises(neurode.SolverError, match="accumulate|max_events"):
+    with pytest.raises(neurode.SolverError, match=r"accumulate|max_events"):
         neurode.odeint_hybrid(fall, torch.tensor([10.0, 0.0]), torch.tensor([0.0, 100.0]),
                               event_fn=height, direction=-1, reset=bounce, max_events=200)
 
