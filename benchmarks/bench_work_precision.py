@@ -101,13 +101,19 @@ def _err(y, ref) -> float:
 
 # --- runs --------------------------------------------------------------------------------------
 
-def _run_neurode(ft, y0, T, method, tol):
+def _counted(ft):
+    """``ft`` and a one-element list counting its calls (each library's NFE, measured alike)."""
     count = [0]
 
     def field(t, y):
         count[0] += 1
         return ft(t, y)
 
+    return field, count
+
+
+def _run_neurode(ft, y0, T, method, tol):
+    field, count = _counted(ft)
     ts = torch.tensor([0.0, T], dtype=F64)
     y0t = torch.tensor(y0, dtype=F64)
     t0 = time.perf_counter()
@@ -120,12 +126,7 @@ def _run_neurode(ft, y0, T, method, tol):
 def _run_torchdiffeq(ft, y0, T, method, tol):
     import torchdiffeq
 
-    count = [0]
-
-    def field(t, y):
-        count[0] += 1
-        return ft(t, y)
-
+    field, count = _counted(ft)
     ts = torch.tensor([0.0, T], dtype=F64)
     t0 = time.perf_counter()
     y = torchdiffeq.odeint(field, torch.tensor(y0, dtype=F64), ts, method=method, rtol=tol,

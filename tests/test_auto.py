@@ -189,6 +189,15 @@ def test_auto_per_sample_is_the_explicit_method_of_its_tolerance():
                           per_sample=True)
     assert torch.equal(a.ys, b.ys)
     assert torch.equal(a.stats.nfe, b.stats.nfe)
+    # the per-sample adjoint runs it as that method too; Newton's options would never be used
+    w = A.clone().requires_grad_(True)
+    g = [torch.autograd.grad(neurode.odeint_adjoint(
+        lambda t, z: z @ w.T, z0, t, method=m, rtol=1e-8, atol=1e-8,
+        options={"per_sample": True}, adjoint_params=(w,)).sum(), w)[0]
+        for m in ("auto", explicit_for(1e-8))]
+    assert torch.equal(g[0], g[1])
+    with pytest.raises(neurode.UnknownOptionError, match="max_iters"):
+        neurode.solve_ivp(f, z0, t, method="auto", per_sample=True, options={"max_iters": 3})
 
 
 def test_auto_refuses_the_checkpointed_adjoint_by_name():

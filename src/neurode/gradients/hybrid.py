@@ -256,7 +256,7 @@ def _joint(func, y0, t, *, event_fn, direction, terminal, reset, max_events, sto
             ys = solve(y_k, ts)
             rows.extend(_rows(ys, 1, None))
             break
-        t_star, which, y_found, _ = found
+        t_star, which, y_found = found
         # the event time as t's dtype holds it (float32 times round): compared with the
         # outputs, and the segment's times, in that precision
         t_star = float(torch.tensor(t_star, dtype=t.dtype))

@@ -75,8 +75,7 @@ def integrate(pb: Problem, *, record: str | None = None, quad: Quadrature | None
     if loop == "scipy":
         return run_scipy(pb, record=record, event_fn=event_fn)
     if loop == "auto":
-        return run_auto(pb, record=record, quad=quad, event_fn=event_fn,
-                        per_sample_record=per_sample_record)
+        return run_auto(pb, record=record, quad=quad, event_fn=event_fn)
     stepper = spec.stepper(pb)
     if loop == "adaptive":
         # an event search runs on [t0, ∞) unless the problem has an end (hybrid segments)
@@ -236,18 +235,15 @@ def integrate_event(func, y0, t, event_fn, *, rtol=1e-7, atol=1e-9, method=None,
     return event_t, sol
 
 
-def find_event(func, y0, t0: float, t1: float, spec, *, rtol, atol, method, options,
-               max_steps_left: int | None = None) -> tuple[float, int, Any, int] | None:
+def find_event(func, y0, t0: float, t1: float, spec, *, rtol, atol, method,
+               options) -> tuple[float, int, Any] | None:
     """The first event of ``spec`` (an :class:`~neurode.solvers.loops.events.EventSpec`) in
-    ``[t0, t1]`` (the user's times, either direction), no graph: ``(t*, which, y*, nfe)`` with
-    ``y*`` the located state in the user's structure, or None when none comes before ``t1``.
+    ``[t0, t1]`` (the user's times, either direction), no graph: ``(t*, which, y*)`` with ``y*``
+    the located state in the user's structure, or None when none comes before ``t1``.
     Failures raise their named errors."""
     t = torch.tensor([t0, t1], dtype=torch.float64)
-    opts = dict(options or {})
-    if max_steps_left is not None and "max_num_steps" not in opts:
-        opts["max_num_steps"] = max_steps_left
     with torch.no_grad():
-        pb = make_problem(func, y0, t, rtol, atol, method, opts)
+        pb = make_problem(func, y0, t, rtol, atol, method, options)
         if pb.per_sample:
             raise InvalidInputError("find_event: joint problems only")
         res = integrate(pb, event_fn=spec)
@@ -255,7 +251,7 @@ def find_event(func, y0, t0: float, t1: float, spec, *, rtol, atol, method, opti
     if res.event is None:
         return None
     s_ev, y_ev, _ = res.event
-    return pb.sign * s_ev, spec.which, pb.layout.to_user(y_ev.reshape(1, -1)), int(res.nfe)
+    return pb.sign * s_ev, spec.which, pb.layout.to_user(y_ev.reshape(1, -1))
 
 
 def _stats(pb: Problem, res: LoopResult) -> Stats:

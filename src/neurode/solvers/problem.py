@@ -27,7 +27,7 @@ from torch import Tensor
 from neurode.errors import FuncOutputError, InvalidInputError
 from neurode.solvers.norms import RowNorm, make_row_norm
 from neurode.solvers.options import Options, parse_options
-from neurode.solvers.registry import MethodSpec, get_method
+from neurode.solvers.registry import MethodSpec, explicit_for, get_method
 
 __all__ = ["Callbacks", "Field", "Layout", "Problem", "make_problem"]
 
@@ -462,6 +462,11 @@ def make_problem(func, y0, t, rtol, atol, method: str | None, options: dict[str,
     time_dtype = layout.real_dtype
     rtol = _check_tol(rtol, "rtol", tensors, is_tuple, layout.dtype, layout.device, per_sample)
     atol = _check_tol(atol, "atol", tensors, is_tuple, layout.dtype, layout.device, per_sample)
+    if per_sample and spec.name == "auto":
+        # Radau solves joint problems only: per sample, "auto" is the explicit method of the
+        # tolerance, with that method's options (Newton's would never be used)
+        spec = get_method(explicit_for(rtol))
+        opts = parse_options(spec.name, spec.families, options, spec.defaults)
     if spec.adaptive and layout.real_dtype in (torch.float16, torch.bfloat16):
         eps = torch.finfo(layout.real_dtype).eps
         r_min = float(rtol.min()) if isinstance(rtol, Tensor) else rtol

@@ -17,9 +17,10 @@ the segments' outputs, counts and step records are joined. Gradients by backprop
 through the very steps taken (a segment's start state is the previous segment's last ``y1``);
 ``odeint_adjoint`` runs ``auto`` forward and, by default, on the backward augmented system.
 
-Per-sample solves get the explicit method of their tolerance without switching (Radau is a
-joint-only method); the checkpointed and reversible adjoints, which replay one stepper, refuse
-``auto`` with a clear error.
+Per-sample solves are given the explicit method of their tolerance by the front door
+(:func:`~neurode.solvers.problem.make_problem`; Radau is a joint-only method), so they run, and
+differentiate by the per-sample adjoint, as that method; the checkpointed and reversible
+adjoints, which replay one stepper, refuse ``auto`` with a clear error.
 """
 
 from __future__ import annotations
@@ -34,32 +35,17 @@ from neurode.solvers.loops.adaptive import AdaptiveLoop
 from neurode.solvers.loops.common import LoopResult, StepRecord
 from neurode.solvers.loops.stiffness import NonStiffTest, StiffnessTest
 from neurode.solvers.problem import Problem
+from neurode.solvers.registry import BY_TOLERANCE, explicit_for, get_method
 
+# (BY_TOLERANCE and explicit_for live in the registry, beside the method; re-exported here)
 __all__ = ["BY_TOLERANCE", "STIFF_METHOD", "explicit_for", "run_auto"]
 
-#: ``(rtol at least, method)``, first match wins: the explicit method ``auto`` starts with. From
-#: ``bench_work_precision.py`` (NFE at equal error over the best of all explicit methods per
-#: problem, geometric mean over DETEST A/B/D and an MLP field): tsit5 is best at 1e-3 and 1e-4
-#: (1.00, 1.06); from 1e-5 to 1e-12 vern8 is best or within 0.02 of the best (1.06–1.12).
-BY_TOLERANCE: tuple[tuple[float, str], ...] = ((1e-4, "tsit5"), (0.0, "vern8"))
 STIFF_METHOD = "radau"
-
-
-def explicit_for(rtol) -> str:
-    """The explicit method :data:`BY_TOLERANCE` gives for ``rtol`` (a tensor: its smallest
-    entry)."""
-    r = float(rtol.min()) if isinstance(rtol, torch.Tensor) else float(rtol)
-    for bound, name in BY_TOLERANCE:
-        if r >= bound:
-            return name
-    return BY_TOLERANCE[-1][1]
 
 
 def _sub_problem(pb: Problem, name: str, s: float, y, t_out: list[float], steps_left: int,
                  first: bool) -> Problem:
     """``pb`` as a solve of method ``name`` from internal time ``s`` and state ``y``."""
-    from neurode.solvers.registry import get_method
-
     spec = get_method(name)
     ctl = pb.opts.control
     changes = {"max_num_steps": max(1, steps_left)}
@@ -72,12 +58,10 @@ def _sub_problem(pb: Problem, name: str, s: float, y, t_out: list[float], steps_
     return replace(pb, method=spec, opts=opts, y0=y, t_out=tuple([s, *t_out]))
 
 
-def run_auto(pb: Problem, *, record: str | None = None, quad=None, event_fn=None,
-             per_sample_record: bool = False) -> LoopResult:
+def run_auto(pb: Problem, *, record: str | None = None, quad=None,
+             event_fn=None) -> LoopResult:
     """Solve ``pb`` with ``method="auto"`` (module docstring); the arguments as for
     :func:`neurode.solvers.api.integrate`."""
-    from neurode.solvers.registry import get_method
-
     if quad is not None:
         raise InvalidInputError("method 'auto' does not integrate quadratures")
     if record in ("steps", "times"):
@@ -85,13 +69,8 @@ def run_auto(pb: Problem, *, record: str | None = None, quad=None, event_fn=None
             "method 'auto' changes method during the solve, which the checkpointed and "
             "reversible adjoints cannot replay; name a method (e.g. method='tsit5' or "
             "'radau'), or use odeint / odeint_adjoint without checkpoints")
+    # (per-sample problems never get here: the front door gives them the explicit method)
     explicit = explicit_for(pb.rtol)
-    if pb.per_sample:
-        sub = replace(pb, method=get_method(explicit))
-        res = AdaptiveLoop(sub, sub.method.stepper(sub), record=record,
-                           per_sample_record=per_sample_record).run()
-        res.extra["segments"] = [(explicit, None, None)]
-        return _finish(res, sub, res.extra.get("stepper"))
     tab = get_method(explicit).tableau
     unbounded = event_fn is not None and len(pb.t_out) == 1  # an event search on [t0, ∞)
     t_end = math.inf if unbounded else pb.t_out[-1]
@@ -139,10 +118,9 @@ def run_auto(pb: Problem, *, record: str | None = None, quad=None, event_fn=None
         s, y = s_end, res.extra["y_final"]
         name = STIFF_METHOD if name != STIFF_METHOD else explicit
     T = len(pb.t_out)
-    if not unbounded and len(rows) < T:
-        pad = torch.full_like(pb.y0[0], math.nan)
-        rows.extend([pad] * (T - len(rows)))
-    ys = torch.stack(rows if not unbounded else rows[:1]).unsqueeze(1)
+    if len(rows) < T:  # the times a failed solve did not reach
+        rows.extend([torch.full_like(pb.y0[0], math.nan)] * (T - len(rows)))
+    ys = torch.stack(rows).unsqueeze(1)
     dev = pb.y0.device
 
     def i64(v):
@@ -157,11 +135,6 @@ def run_auto(pb: Problem, *, record: str | None = None, quad=None, event_fn=None
     out.extra["segments"] = [(n, pb.sign * a, pb.sign * b, nfe, steps)
                              for n, a, b, nfe, steps in segments]
     out.extra["step_steppers"] = step_steppers
-    return _finish(out, sub, stepper)
-
-
-def _finish(res: LoopResult, sub: Problem, stepper) -> LoopResult:
-    res.extra["stepper"] = stepper
-    res.extra["loop"] = "adaptive"
-    res.extra["last_problem"] = sub
-    return res
+    out.extra["stepper"] = stepper
+    out.extra["loop"] = "adaptive"
+    return out
