@@ -90,6 +90,23 @@ def test_vector_event_function_stops_at_first_crossing():
     assert et.item() == pytest.approx(t5, abs=1e-10)
 
 
+@pytest.mark.parametrize("interface", [neurode.odeint, neurode.odeint_adjoint],
+                         ids=["backprop", "adjoint"])
+def test_vector_event_function_differentiates_the_value_that_crossed(interface):
+    """Of (x − 5, v + 100) only x − 5 crosses: t* and dt*/d(x0, v0) are those of x = 5 alone
+    (the second value's derivative, which a sum over the values would mix in, must not count)."""
+    f = Fall()
+    y0 = torch.tensor([X0, V0], dtype=F64, requires_grad=True)
+    et, _ = neurode.odeint_event(f, y0, torch.tensor(0.0, dtype=F64),
+                                 event_fn=lambda t, y: torch.stack([y[0] - 5.0, y[1] + 100.0]),
+                                 odeint_interface=interface, rtol=1e-10, atol=1e-10)
+    r5 = math.sqrt(V0**2 + 2 * G * (X0 - 5.0))
+    assert et.item() == pytest.approx((V0 + r5) / G, abs=1e-10)
+    (g,) = torch.autograd.grad(et, y0)
+    assert g[0].item() == pytest.approx(1 / r5, rel=1e-8)
+    assert g[1].item() == pytest.approx((1 + V0 / r5) / G, rel=1e-8)
+
+
 def test_tuple_state_event():
     def f(t, state):
         _, v = state

@@ -1,5 +1,6 @@
 """Every registered method × every feature: it works (checked against an exact solution) or
-raises the named error the README's feature table lists for it — never accepted and ignored.
+raises the named error the feature table of docs/guide/options.md lists for it — never
+accepted and ignored.
 
 The features are the shared parts of the two loops: terminal events, ``perturb``, the three step
 callbacks, decreasing time, tuple states, float32 and float64, ``throw=False`` statuses; and for
@@ -19,15 +20,15 @@ import torch
 import neurode
 
 F32, F64 = torch.float32, torch.float64
-README = Path(__file__).resolve().parents[1] / "README.md"
+TABLE_PAGE = Path(__file__).resolve().parents[1] / "docs" / "guide" / "options.md"
 NAMES = sorted({spec.name for spec in neurode.METHODS.values()})
 ADAPTIVE = [n for n in NAMES if neurode.METHODS[n].adaptive]
 H = 0.01  # fixed grids
 
 
 def _unsupported() -> dict[tuple[str, str], str]:
-    """(method, feature) -> the named exception or warning, from the README's table."""
-    text = README.read_text()
+    """(method, feature) -> the named exception or warning, from the docs' table."""
+    text = TABLE_PAGE.read_text()
     start = text.index("<!-- feature-matrix -->")
     end = text.index("<!-- /feature-matrix -->")
     out = {}
@@ -48,7 +49,7 @@ UNSUPPORTED = _unsupported()
 
 
 def _expected(method: str, feature: str):
-    """The exception/warning class the README lists for (method, feature), or None."""
+    """The exception/warning class the docs list for (method, feature), or None."""
     name = UNSUPPORTED.get((method, feature))
     if name is None and neurode.METHODS[method].adaptive:
         name = UNSUPPORTED.get(("adaptive", feature))
@@ -87,7 +88,7 @@ def _decay(t, y):
 
 
 def _run(method, fn, feature):
-    """Call ``fn``; if the README lists (method, feature) as unsupported, expect its error."""
+    """Call ``fn``; if the docs list (method, feature) as unsupported, expect its error."""
     exp = _expected(method, feature)
     if exp is None:
         with warnings.catch_warnings():

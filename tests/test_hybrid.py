@@ -68,6 +68,24 @@ def test_bouncing_ball_ten_bounces_and_their_gradients(adjoint):
     assert float(g_h) == pytest.approx(dh, abs=1e-7)
 
 
+def test_adjoint_options_reach_the_backward_solve():
+    """``adjoint_options`` are the backward solve's options (as in odeint_adjoint): the
+    seminorm runs and gives the same gradient; an unknown key is refused by name."""
+    e, h0, y0, bounce = ball()
+    t3 = closed_form(3, 0.8, 10.0)[0]
+    t = torch.tensor([0.0, t3 + 0.05], dtype=F64)
+    kw = dict(event_fn=height, direction=-1, reset=bounce, rtol=1e-10, atol=1e-10,
+              adjoint=True, adjoint_params=(e,))
+    sol = neurode.odeint_hybrid(fall, y0, t, adjoint_options={"norm": "seminorm"}, **kw)
+    g_e, g_h = torch.autograd.grad(sol.event_t[2], (e, h0))
+    _, de, dh = closed_form(3, 0.8, 10.0)
+    assert float(g_e) == pytest.approx(de, abs=1e-7)
+    assert float(g_h) == pytest.approx(dh, abs=1e-7)
+    with pytest.raises(neurode.UnknownOptionError, match="no_such_option"):
+        sol = neurode.odeint_hybrid(fall, y0, t, adjoint_options={"no_such_option": 1}, **kw)
+        torch.autograd.grad(sol.event_t[2], (e,))
+
+
 @pytest.mark.parametrize("adjoint", [False, True], ids=["odeint", "odeint_adjoint"])
 def test_state_after_resets_has_the_closed_form_gradient(adjoint):
     # between bounces n and n+1 the height is v_n (t − t_n) − g (t − t_n)²/2 with

@@ -1,7 +1,8 @@
 """neurode: neural ordinary differential equations on PyTorch.
 
-``import neurode as torchdiffeq`` runs torchdiffeq code unchanged; :func:`solve_ivp` gives a
-richer :class:`Solution` with statistics, status and dense output.
+``import neurode as torchdiffeq`` runs torchdiffeq code unchanged; [`solve_ivp`][neurode.solve_ivp]
+gives a
+richer [`Solution`][neurode.Solution] with statistics, status and dense output.
 """
 
 from neurode.errors import (

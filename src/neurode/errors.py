@@ -1,10 +1,12 @@
 """Exception types raised by neurode, and the status codes of a solve.
 
-Every failure raises a subclass of :class:`NeurodeError`, so ``except neurode.NeurodeError``
-catches all of them. Input problems also derive from :class:`ValueError` and integration failures
-from :class:`RuntimeError`, so code written against the built-in types keeps working.
+Every failure raises a subclass of [`NeurodeError`][neurode.NeurodeError], so
+``except neurode.NeurodeError``
+catches all of them. Input problems also derive from `ValueError` and integration failures
+from `RuntimeError`, so code written against the built-in types keeps working.
 
-:class:`Status` is the one list of outcomes: each member has its code (``Solution.status``), its
+[`Status`][neurode.Status] is the one list of outcomes: each member has its code
+(``Solution.status``), its
 message and the exception class a failure raises.
 """
 
@@ -49,7 +51,15 @@ class FuncOutputError(NeurodeError, ValueError):
 
 
 class SolverError(NeurodeError, RuntimeError):
-    """The integration could not be completed. ``t`` and ``dt`` say where (time, step size)."""
+    """The integration could not be completed. ``t`` and ``dt`` say where (time, step size).
+
+    Args:
+        message: what went wrong, in words (also ``str(err)``).
+        t: the time (in the user's time) at which the solve failed, or None when unknown;
+            kept as the attribute ``err.t``.
+        dt: the step size being tried there, signed as the user's time runs, or None; kept
+            as the attribute ``err.dt``.
+    """
 
     def __init__(self, message: str, t: float | None = None, dt: float | None = None):
         super().__init__(message)

@@ -22,6 +22,17 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0,
 
     Returns ``(x_train, y_train, x_test, y_test)``: images ``(N, 1, 8, 8)`` scaled to [0, 1],
     labels ``(N,)`` int64. The split is a seeded permutation (``seed``).
+
+    Args:
+        test_fraction: share of the 1,797 images held out for the test split, in ``(0, 1)``
+            (default 0.2: 359 test images).
+        seed: seed of the permutation that splits the data (default 0; the same seed gives
+            the same split).
+        dtype: floating dtype of the images (default ``torch.float32``).
+
+    Raises:
+        InvalidInputError: scikit-learn is not installed, or ``test_fraction`` is not in
+            ``(0, 1)``.
     """
     try:
         from sklearn.datasets import load_digits as _load
@@ -43,7 +54,18 @@ def load_torchvision(name: str, root: str | Path, dtype: torch.dtype = torch.flo
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """MNIST or CIFAR-10 from a local folder through torchvision (never downloads).
 
-    Returns ``(x_train, y_train, x_test, y_test)`` with images ``(N, C, H, W)`` in [0, 1].
+    Returns ``(x_train, y_train, x_test, y_test)`` with images ``(N, C, H, W)`` in [0, 1]
+    (``(N, 1, 28, 28)`` for MNIST, ``(N, 3, 32, 32)`` for CIFAR-10) and labels ``(N,)`` int64.
+
+    Args:
+        name: ``"mnist"`` or ``"cifar10"`` (case-insensitive).
+        root: the folder that holds the data set in torchvision's layout (as
+            ``torchvision.datasets.MNIST(root)`` / ``CIFAR10(root)`` expect it).
+        dtype: floating dtype of the images (default ``torch.float32``).
+
+    Raises:
+        InvalidInputError: an unknown ``name``, torchvision is not installed, or the data are
+            not found under ``root``.
     """
     name = name.lower()
     if name not in ("mnist", "cifar10"):

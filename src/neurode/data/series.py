@@ -24,6 +24,20 @@ def periodic_series(n_series: int, n_obs: int, *, t_max: float = 5.0, n_future: 
 
     Returns ``(t_obs (B, n_obs), x_obs (B, n_obs, 1), t_future (B, n_future),
     x_future (B, n_future, 1))``, float32.
+
+    Args:
+        n_series: number of series ``B`` (at least 1).
+        n_obs: observations per series in ``[0, t_max]`` (at least 2).
+        t_max: end of the observed window (default 5.0).
+        n_future: noise-free extrapolation targets per series in ``(t_max, 2 t_max]``
+            (default 0: empty ``(B, 0)`` tensors).
+        noise: standard deviation of the Gaussian noise added to the observations (default
+            0.05).
+        seed: seed of the random draws, for a reproducible data set (default None: torch's
+            global generator).
+
+    Raises:
+        InvalidInputError: ``n_series < 1`` or ``n_obs < 2``.
     """
     if n_series < 1 or n_obs < 2:
         raise InvalidInputError("need n_series ≥ 1 and n_obs ≥ 2")
@@ -47,6 +61,12 @@ def spiral_trajectory(n_points: int = 200, *, t_max: float = 6.29 * 5, noise: fl
     ``z0 = [0.6, 0.3]``, on ``n_points`` times in ``[0, t_max]``.
 
     Returns ``(t (T,), z_true (T, 2), z_observed (T, 2))`` with Gaussian noise of std ``noise``.
+
+    Args:
+        n_points: number of evenly spaced times ``T`` (default 200).
+        t_max: the last time (default ``6.29 * 5``, about five periods of the rotation).
+        noise: standard deviation of the noise in ``z_observed`` (default 0.01).
+        seed: seed of the noise (default None: torch's global generator).
     """
     g = torch.Generator().manual_seed(seed) if seed is not None else None
     A = torch.tensor([[-0.1, -1.0], [1.0, -0.1]], dtype=torch.float64)

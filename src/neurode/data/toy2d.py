@@ -77,7 +77,19 @@ TOY_2D = {"8gaussians": _eight_gaussians, "moons": _moons, "pinwheel": _pinwheel
 
 
 def sample_2d(name: str, n: int, seed: int | None = None) -> Tensor:
-    """``n`` samples ``(n, 2)`` float32 of the toy density ``name`` (one of :data:`TOY_2D`)."""
+    """``n`` samples ``(n, 2)`` float32 of the toy density ``name`` (one of
+    [`TOY_2D`][neurode.data.TOY_2D]).
+
+    Args:
+        name: the density: ``"8gaussians"``, ``"moons"``, ``"pinwheel"``, ``"checkerboard"``,
+            ``"2spirals"`` or ``"circles"``.
+        n: number of samples (at least 1).
+        seed: seed of the draws, for reproducible samples (default None: torch's global
+            generator).
+
+    Raises:
+        InvalidInputError: an unknown ``name``, or ``n < 1``.
+    """
     if name not in TOY_2D:
         raise InvalidInputError(f"unknown 2-D data set {name!r}; choose one of "
                                 f"{', '.join(sorted(TOY_2D))}")

@@ -1,1 +1,1 @@
-"""Experiments and the ``neurode`` command (depends on :mod:`neurode.nn` and below)."""
+"""Experiments and the ``neurode`` command (depends on `neurode.nn` and below)."""

@@ -79,7 +79,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """:func:`atomic_write` for a text file (UTF-8)."""
+    """`atomic_write` for a text file (UTF-8)."""
     atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
@@ -205,7 +205,7 @@ class Dist:
         (a ``DistributedDataParallel`` wrapper in a reference cycle holds one) is destroyed
         during finalization, where its threads can abort the process (SIGABRT, "terminate
         called without an active exception") after a run that succeeded. Release the
-        wrappers (:meth:`Trainer.close`) before calling this. ``wait=False`` on an error
+        wrappers (`Trainer.close`) before calling this. ``wait=False`` on an error
         path, where another rank may never arrive (a ``with`` block passes it so).
         """
         if self.world > 1:

@@ -1,7 +1,7 @@
 """The experiments: spiral fitting, image classification, latent ODE, continuous flows.
 
 Each task owns its data, model, batches, loss, evaluation and plots; the shared loop, run
-folder and checkpoints are in :mod:`neurode.experiments.runner`.
+folder and checkpoints are in `neurode.experiments.runner`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Gradients of ODE solutions: the adjoint method, checkpointed and reversible adjoints,
 differentiable events and hybrid solves (events with resets), forward-mode sensitivities.
-Depends on :mod:`neurode.solvers` only."""
+Depends on `neurode.solvers` only."""
 
 from neurode.gradients.adjoint import odeint_adjoint
 from neurode.gradients.checkpoint import odeint_checkpoint

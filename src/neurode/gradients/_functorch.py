@@ -3,7 +3,7 @@
 The solves choose their steps on the host, so their forward and backward passes cannot be traced
 by ``vmap``. Instead each Function gets a ``vmap`` rule that solves the batch one sample at a time
 (each sample with the steps its unbatched call would take), and its backward pass goes through
-:class:`_Backward`, a Function with the same kind of rule, so that ``vmap(grad(loss))``
+`_Backward`, a Function with the same kind of rule, so that ``vmap(grad(loss))``
 (per-sample gradients) works as well as ``grad(vmap(...))``.
 
 Only ``y0`` may be batched: the vector field reads its parameters itself, so batched parameters
@@ -53,8 +53,8 @@ def differentiable_params(func, names: list[str] | None, params: Sequence[Tensor
 
 def with_params(backward: Callable) -> Backward:
     """Adapt ``backward(spec, t, ys, params, grad_ys, needs, active) -> (g_y0, g_t, *g_params)``,
-    which differentiates through ``func`` w.r.t. ``active``, to the :data:`Backward` form, with
-    ``active`` from :func:`differentiable_params` (the spec must carry ``param_names``)."""
+    which differentiates through ``func`` w.r.t. ``active``, to the `Backward` form, with
+    ``active`` from `differentiable_params` (the spec must carry ``param_names``)."""
 
     def run(spec, t, ys, params, grad_ys, needs):
         with differentiable_params(spec.pb.func, spec.param_names, params,
@@ -78,8 +78,8 @@ def solve_function(name: str, doc: str, forward: Callable[..., Tensor],
 
     ``forward`` solves without a graph; ``backward(spec, t, ys, params, grad_ys, needs)`` is the
     method's backward pass. The Function saves ``t``, the outputs and the parameters, runs the
-    backward through :func:`run_backward` and has the per-sample ``vmap`` rule of
-    :func:`vmap_solve`: the parts the adjoint, checkpointed and reversible solves share.
+    backward through `run_backward` and has the per-sample ``vmap`` rule of
+    `vmap_solve`: the parts the adjoint, checkpointed and reversible solves share.
     """
 
     def setup_context(ctx, inputs, output):
@@ -133,7 +133,7 @@ def in_transform() -> bool:
 
 def run_backward(bwd: Backward, spec, t: Tensor, ys: Tensor, params: Sequence[Tensor],
                  grad_ys: Tensor, needs: Sequence[bool]):
-    """Call ``bwd`` directly, or through :class:`_Backward` inside ``torch.func`` transforms."""
+    """Call ``bwd`` directly, or through `_Backward` inside ``torch.func`` transforms."""
     if not in_transform():
         return bwd(spec, t, ys, params, grad_ys, needs)
     n_p = len(params)

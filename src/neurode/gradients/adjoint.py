@@ -272,30 +272,55 @@ _AdjointSolve = solve_function("_AdjointSolve", "ys = odeint(...); backward: the
                                _adjoint_forward, _adjoint_backward)
 
 
-def odeint_adjoint(func: Callable, y0, t, *, rtol: float | Tensor = 1e-7,
+def odeint_adjoint(func: Callable, y0: Tensor | tuple[Tensor, ...], t: Tensor, *,
+                   rtol: float | Tensor = 1e-7,
                    atol: float | Tensor = 1e-9, method: str | None = None,
                    options: dict[str, Any] | None = None, event_fn: Callable | None = None,
                    adjoint_rtol: float | Tensor | None = None,
                    adjoint_atol: float | Tensor | None = None,
                    adjoint_method: str | None = None,
                    adjoint_options: dict[str, Any] | None = None,
-                   adjoint_params: Sequence[Tensor] | None = None):
-    """:func:`neurode.odeint` whose gradient is computed by the adjoint method (O(1) memory).
+                   adjoint_params: Sequence[Tensor] | None = None
+                   ) -> Tensor | tuple[Tensor, ...] | tuple[Tensor, Tensor | tuple[Tensor, ...]]:
+    """[`neurode.odeint`][] whose gradient is computed by the adjoint method (O(1) memory).
 
     Same arguments as ``torchdiffeq.odeint_adjoint``:
 
     Args:
-        adjoint_rtol, adjoint_atol, adjoint_method: settings of the backward solve (default: the
-            forward ones).
+        func: ``func(t, y)`` as for [`neurode.odeint`][]; an ``nn.Module`` unless
+            ``adjoint_params`` is given.
+        y0: initial state as for [`neurode.odeint`][] (a tensor or a tuple of tensors).
+        t: output times as for [`neurode.odeint`][] (``(T,)``, or ``(B, T)`` per sample).
+        rtol: relative tolerance of the forward solve (default ``1e-7``).
+        atol: absolute tolerance of the forward solve (default ``1e-9``).
+        method: method of the forward solve, one of ``neurode.METHODS`` (default
+            ``"dopri5"``).
+        options: options of the forward solve as for [`neurode.odeint`][]; with
+            ``{"per_sample": True}`` the backward pass replays the forward's own steps, so
+            ``adjoint_method`` and ``adjoint_options`` must be left unset.
+        event_fn: as for [`neurode.odeint`][]: integrate until ``event_fn(t, y)`` crosses zero
+            and return ``(event_t, solution)``; the solve to the event is differentiated by the
+            adjoint, but ``event_t`` is located without a graph (differentiate it through
+            [`neurode.odeint_event`][] with ``odeint_interface=odeint_adjoint``).
+        adjoint_rtol: relative tolerance of the backward solve (default: ``rtol``).
+        adjoint_atol: absolute tolerance of the backward solve (default: ``atol``).
+        adjoint_method: method of the backward solve (default: ``method``).
         adjoint_options: options of the backward solve (default: the forward options minus
-            ``norm``); ``{"norm": "seminorm"}`` leaves the parameter adjoints out of the error
+            ``norm`` and ``per_sample`` when the backward method is the forward one, else
+            none); ``{"norm": "seminorm"}`` leaves the parameter adjoints out of the error
             norm, which usually saves backward evaluations.
         adjoint_params: the tensors to differentiate ``func`` with respect to (default
             ``func.parameters()``, so ``func`` must then be an ``nn.Module``); ``()`` for none.
 
     Returns:
-        As :func:`neurode.odeint`. Gradients flow to ``y0``, to every adjoint parameter and to
+        As [`neurode.odeint`][]. Gradients flow to ``y0``, to every adjoint parameter and to
         every entry of ``t``.
+
+    Raises:
+        InvalidInputError: bad arguments as for [`neurode.odeint`][]; ``func`` is not an
+            ``nn.Module`` and ``adjoint_params`` is None; an entry of ``adjoint_params`` is
+            not a tensor; ``adjoint_method``/``adjoint_options`` in per-sample mode.
+        SolverError: the forward or the backward integration failed.
     """
     if event_fn is not None:
         # find the event without a graph, then solve to it with the adjoint method so that the

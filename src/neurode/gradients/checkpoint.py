@@ -135,15 +135,38 @@ _CheckpointSolve = solve_function(
     _checkpoint_forward, with_params(_backward))
 
 
-def odeint_checkpoint(func: Callable, y0, t, *, rtol: float | Tensor = 1e-7,
+def odeint_checkpoint(func: Callable, y0: Tensor | tuple[Tensor, ...], t: Tensor, *,
+                      rtol: float | Tensor = 1e-7,
                       atol: float | Tensor = 1e-9, method: str | None = None,
                       options: dict[str, Any] | None = None,
-                      adjoint_params: Sequence[Tensor] | None = None):
-    """:func:`neurode.odeint` with the checkpointed adjoint (ACA) as its gradient.
+                      adjoint_params: Sequence[Tensor] | None = None
+                      ) -> Tensor | tuple[Tensor, ...]:
+    """[`neurode.odeint`][] with the checkpointed adjoint (ACA) as its gradient.
 
     The gradient equals backprop through the solver (to rounding) at the memory of the accepted
     states only. Works for the explicit Runge–Kutta methods, adaptive and fixed-grid.
-    ``adjoint_params`` as in :func:`neurode.odeint_adjoint`.
+    ``adjoint_params`` as in [`neurode.odeint_adjoint`][].
+
+    Args:
+        func: ``func(t, y)`` as for [`neurode.odeint`][]; an ``nn.Module`` unless
+            ``adjoint_params`` is given.
+        y0: initial state as for [`neurode.odeint`][] (a tensor or a tuple of tensors).
+        t: 1-D output times as for [`neurode.odeint`][] (joint solves only).
+        rtol: relative tolerance as for [`neurode.odeint`][] (default ``1e-7``).
+        atol: absolute tolerance as for [`neurode.odeint`][] (default ``1e-9``).
+        method: an explicit Runge–Kutta method of ``neurode.METHODS`` (default ``"dopri5"``).
+        options: method options as for [`neurode.odeint`][]; not ``per_sample``.
+        adjoint_params: the tensors to differentiate ``func`` with respect to (default
+            ``func.parameters()``); ``()`` for none.
+
+    Returns:
+        As [`neurode.odeint`][]: ``(len(t), *y0.shape)`` (a tuple of such for tuple ``y0``).
+
+    Raises:
+        InvalidInputError: bad arguments as for [`neurode.odeint`][]; a method that is not
+            an explicit Runge–Kutta method (``auto``, Adams, implicit, ALF, SciPy); per-sample
+            mode.
+        SolverError: the integration failed (a subclass names why).
     """
     params = resolve_params(func, adjoint_params)
     pb = make_problem(func, y0, t, rtol, atol, method, options)

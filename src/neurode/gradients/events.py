@@ -7,13 +7,14 @@ state at the (fixed) event time is
 
     L_S − (L_t + L_S·f) / (g_t + g_z·f) · g_z,
 
-which :class:`_EventRerouting` applies in its backward pass: the solver's own graph (backprop or
+which `_EventRerouting` applies in its backward pass: the solver's own graph (backprop or
 adjoint) then carries it to ``y0`` and the parameters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -46,8 +47,11 @@ class _EventRerouting(torch.autograd.Function):
         with torch.enable_grad():
             tt = event_t.detach().requires_grad_(True)
             yy = state.detach().requires_grad_(True)
-            g = ctx.event_fn(tt, ctx.unflatten(yy))
-            g_t, g_y = torch.autograd.grad(g.sum(), (tt, yy), allow_unused=True)
+            g = _flat(ctx.event_fn(tt, ctx.unflatten(yy))).reshape(-1)
+            # with several event values the event is the one that crossed: the value that is
+            # zero at t* (to the search's resolution); the others' derivatives do not matter
+            crossed = g[int(g.detach().abs().argmin())] if g.numel() > 1 else g.sum()
+            g_t, g_y = torch.autograd.grad(crossed, (tt, yy), allow_unused=True)
         with torch.no_grad():
             f = _flat(ctx.func(event_t, ctx.unflatten(state)))
             g_t = torch.zeros_like(event_t) if g_t is None else g_t
@@ -87,14 +91,42 @@ def reroute(func, event_fn, y0, event_t: Tensor, solution):
     return event_t, solution
 
 
-def odeint_event(func: Callable, y0, t0, *, event_fn: Callable, reverse_time: bool = False,
-                 odeint_interface: Callable = odeint, **kwargs):
+def odeint_event(func: Callable, y0: Tensor | tuple[Tensor, ...], t0: Tensor | float, *,
+                 event_fn: Callable,
+                 reverse_time: bool = False, odeint_interface: Callable = odeint,
+                 **kwargs: Any) -> tuple[Tensor, Tensor | tuple[Tensor, ...]]:
     """Solve from ``t0`` until ``event_fn(t, y) = 0``; returns ``(event_t, solution)``.
 
     torchdiffeq's signature and semantics: ``solution`` holds the state at ``t0`` and at the
     event. ``event_t`` and the state at the event are differentiable w.r.t. ``y0`` and the
     parameters (implicit function theorem), through ``odeint`` (backprop) or
     ``odeint_interface=neurode.odeint_adjoint``.
+
+    Args:
+        func: ``func(t, y)`` as for [`neurode.odeint`][].
+        y0: initial state at ``t0`` as for [`neurode.odeint`][] (a tensor or a tuple of
+            tensors; joint solves only).
+        t0: initial time, a float or a 0-d tensor.
+        event_fn: ``event_fn(t, y)`` returning a 0-d tensor; the event is its first zero
+            crossing after ``t0``. Several values stop the search at the first crossing of any
+            (as torchdiffeq), and the implicit gradient of ``event_t`` is that of the value
+            that crossed ([`neurode.odeint_hybrid`][] gives directions and resets).
+        reverse_time: search backward in time from ``t0`` (default False: forward).
+        odeint_interface: the solver that runs the search and the solve to the event, called
+            as ``odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)``:
+            [`neurode.odeint`][] (the default) or [`neurode.odeint_adjoint`][].
+        **kwargs: passed on to ``odeint_interface``: ``rtol``, ``atol``, ``method``,
+            ``options`` (fixed-grid methods need ``options["step_size"]``), and for the
+            adjoint its ``adjoint_*`` arguments.
+
+    Returns:
+        ``(event_t, solution)``: the 0-d event time, and ``(2, *y0.shape)`` (a tuple of such
+        for tuple ``y0``) holding the state at ``t0`` and at the event.
+
+    Raises:
+        InvalidInputError: bad arguments, ``event_fn`` not callable, or per-sample mode.
+        SolverError: no event was found (``event_fn`` kept its sign until ``max_num_steps``
+            steps, 50,000 unless given, or the time overflowed), or the integration failed.
     """
     t0 = torch.as_tensor(t0)
     direction = -1.0 if reverse_time else 1.0

@@ -6,7 +6,7 @@ For ``dz/dt = f(t, z; θ)``, ``z(t_0) = z_0``, the derivative of the solution al
 
     dw/dt = ∂f/∂z · w + ∂f/∂θ · Δθ,      w(t_0) = Δz_0.
 
-``(z, w)`` is integrated as one tuple state through :func:`neurode.odeint`, so the adaptive error
+``(z, w)`` is integrated as one tuple state through [`neurode.odeint`][], so the adaptive error
 control covers ``w`` too (``options={"norm": "seminorm"}`` leaves it out), and ``f`` and the
 tangent right-hand side come from a single ``torch.func.jvp`` per evaluation. The cost is one
 forward solve per direction, each evaluation about twice the arithmetic of ``f`` (plus
@@ -18,8 +18,9 @@ Hessian-vector products).
 Exactness. Runge–Kutta methods commute with linearisation: the RK solution of the tangent
 equation on a given step sequence is exactly the derivative of the RK solution of ``f`` on that
 step sequence (and the dense-output interpolants are linear in the stages, so output times
-between steps are covered too). Hence, on a fixed grid, :func:`odeint_jvp` equals forward-mode
-differentiation through :func:`neurode.odeint` to rounding; with adaptive methods it equals it to
+between steps are covered too). Hence, on a fixed grid, [`odeint_jvp`][neurode.odeint_jvp] equals
+forward-mode
+differentiation through [`neurode.odeint`][] to rounding; with adaptive methods it equals it to
 rounding under ``"seminorm"`` (same steps), and to O(tol) under the default norm (``w`` then
 takes part in choosing the steps).
 """
@@ -187,12 +188,12 @@ def odeint_jvp(func: Callable, y0: State, t: Tensor, *, tangent_y0: State | None
 
     The tangent is the directional derivative of the solution at every output time along
     ``(tangent_y0, tangent_params)``: ``Σ ∂y(t_i)/∂y0 · tangent_y0 + ∂y(t_i)/∂θ_j · Δθ_j``. It is
-    what ``torch.func.jvp`` of :func:`neurode.odeint` computes, obtained by integrating the
+    what ``torch.func.jvp`` of [`neurode.odeint`][] computes, obtained by integrating the
     tangent ODE ``dw/dt = ∂f/∂y·w + ∂f/∂θ·Δθ`` with the state in one solve (see the module
     docstring for when the two agree to rounding).
 
     Args:
-        func: ``func(t, y)`` as for :func:`neurode.odeint`. Must be an ``nn.Module`` when
+        func: ``func(t, y)`` as for [`neurode.odeint`][]. Must be an ``nn.Module`` when
             ``tangent_params`` is given; it is then evaluated with ``torch.func.functional_call``.
         y0: initial state, a tensor of shape ``S`` or a tuple of tensors of shapes ``S_k``.
         t: 1-D tensor of ``T`` output times, strictly increasing or decreasing.
@@ -202,24 +203,25 @@ def odeint_jvp(func: Callable, y0: State, t: Tensor, *, tangent_y0: State | None
             ``None`` for zero (a parameter without a tangent is held fixed at no cost).
         params: the tensors ``θ_j`` that ``tangent_params`` refers to; each must be a parameter
             or buffer of ``func`` (default: ``tuple(func.parameters())``).
-        rtol, atol: tolerances as for :func:`neurode.odeint`; the tangent gets the state's.
+        rtol: relative tolerance as for [`neurode.odeint`][]; the tangent gets the state's.
+        atol: absolute tolerance as for [`neurode.odeint`][]; the tangent gets the state's.
         method: a method of ``neurode.METHODS`` (default ``"dopri5"``).
-        options: method options as for :func:`neurode.odeint`, plus ``"norm"`` given as
+        options: method options as for [`neurode.odeint`][], plus ``"norm"`` given as
             ``"seminorm"`` to leave the tangent out of the step-size control (steps are then the
-            ones :func:`neurode.odeint` takes, and the tangent is the exact derivative of that
+            ones [`neurode.odeint`][] takes, and the tangent is the exact derivative of that
             discrete solution). A callable ``norm`` receives states shaped like ``y0`` and is
             applied to the state and to the tangent, the larger value controlling the step.
             Callbacks of ``func`` (``callback_step``, ...) are called with the state only.
 
     Returns:
-        ``(ys, tangents)``: ``ys`` as :func:`neurode.odeint` returns it, ``(T, *S)`` (a tuple of
+        ``(ys, tangents)``: ``ys`` as [`neurode.odeint`][] returns it, ``(T, *S)`` (a tuple of
         ``(T, *S_k)`` for tuple ``y0``), and ``tangents`` of the same structure and shapes;
         ``tangents[0]`` is ``tangent_y0``.
 
     Raises:
         InvalidInputError: a tangent of the wrong shape, dtype, device or structure (the message
             names the argument and the expected shape), ``tangent_params`` with a non-Module
-            ``func``, ``params`` not owned by ``func``; and everything :func:`neurode.odeint`
+            ``func``, ``params`` not owned by ``func``; and everything [`neurode.odeint`][]
             raises.
         FuncOutputError: ``func`` returned the wrong structure, shape, dtype or device.
 

@@ -14,10 +14,10 @@ stopping at each event on the way:
   at the restart and, like the one that fired, is watched from the first step's end on.
 
 Each segment between events is solved twice: a search without a graph
-(:func:`neurode.solvers.api.find_event`: the shared event watcher of every loop, Illinois root
+(`neurode.solvers.api.find_event`: the shared event watcher of every loop, Illinois root
 finding on the method's dense output), then a differentiable solve from the segment's start to
 the event time by ``odeint`` or ``odeint_adjoint``. The event time gets its derivative from the
-implicit function theorem (:func:`neurode.gradients.events.reroute`), the next segment starts at
+implicit function theorem (`neurode.gradients.events.reroute`), the next segment starts at
 that time (``odeint``'s time gradients carry ``∂/∂t0``) from the reset state, so gradients of
 event times and of states after resets reach ``y0`` and the parameters through backprop or
 through the adjoint (whose jump conditions at events and resets are exactly these chain rules).
@@ -55,7 +55,21 @@ class Event:
     """One event: its time ``t`` (0-d, differentiable), which event function fired
     (``index``), the sample (per-sample mode, else None), the state just before (``y``) and
     the state the solve went on from (``y_after``: the reset's output; None after a terminal
-    event)."""
+    event).
+
+    Attributes:
+        t: the event time, a 0-d tensor in ``t``'s dtype; differentiable w.r.t. ``y0``, the
+            parameters and earlier resets (implicit function theorem).
+        index: which event function fired: the 0-based position of its value in
+            ``event_fn(t, y)``.
+        y: the state at the event, just before any reset (shaped like ``y0``, or like one
+            sample of it in per-sample mode; a tuple for tuple states).
+        y_after: the state the solve went on from: ``reset(t, y, index)``, or ``y`` itself
+            without ``reset``; None after a terminal event.
+        terminal: whether this event ended the solve (a terminal function, or the
+            ``stop_after``-th event).
+        sample: the sample's index in the batch in per-sample mode, else None.
+    """
 
     t: Tensor
     index: int
@@ -67,9 +81,20 @@ class Event:
 
 @dataclass
 class HybridSolution:
-    """Result of :func:`odeint_hybrid`: ``ys`` at ``ts`` (``(T, *y0.shape)``, tuples for tuple
+    """Result of [`odeint_hybrid`][neurode.odeint_hybrid]: ``ys`` at ``ts`` (``(T, *y0.shape)``,
+    tuples for tuple
     states), every event in order (per sample: ordered by sample, then time), ``terminated``
-    (joint: whether a terminal event ended the solve; per sample: a ``(B,)`` bool tensor)."""
+    (joint: whether a terminal event ended the solve; per sample: a ``(B,)`` bool tensor).
+
+    Attributes:
+        ts: the output times ``(T,)``, as given.
+        ys: the solution at ``ts``, ``(T, *y0.shape)`` (a tuple of such for tuple states;
+            ``(T, B, ...)`` in per-sample mode). An output exactly at an event holds the state
+            just before it; outputs after a terminal event hold the state at the event.
+        events: every [`Event`][neurode.Event] in order (per sample: by sample, then time).
+        terminated: joint: whether a terminal event (or ``stop_after``) ended the solve; per
+            sample: a ``(B,)`` bool tensor, one flag per sample.
+    """
 
     ts: Tensor
     ys: State
@@ -149,7 +174,8 @@ def odeint_hybrid(func: Callable, y0: State, t: Tensor, *, event_fn: Callable,
     """Solve a hybrid system: ``dy/dt = func(t, y)`` between events, ``reset`` at them.
 
     Args:
-        func, y0, rtol, atol, method, options: as for :func:`neurode.odeint` (any method).
+        func: ``func(t, y)`` as for [`neurode.odeint`][].
+        y0: initial state as for [`neurode.odeint`][] (a tensor or a tuple of tensors).
         t: 1-D output times, strictly monotone; the solve runs from ``t[0]`` to ``t[-1]``.
         event_fn: ``event_fn(t, y)`` → ``E`` values (a 0-d tensor, a tensor of ``E``, or a
             tuple); an event of function ``e`` is a zero crossing of its value.
@@ -157,17 +183,25 @@ def odeint_hybrid(func: Callable, y0: State, t: Tensor, *, event_fn: Callable,
         terminal: per function (or one for all): whether its event ends the solve (False).
         reset: ``reset(t, y, which) -> y_new`` applied at every non-terminal event (None: the
             state goes on unchanged); differentiable.
-        max_events: at most this many events (1000); one more raises :class:`SolverError`.
+        max_events: at most this many events (1000); one more raises
+            [`SolverError`][neurode.SolverError].
         stop_after: end the solve at this event (it is then terminal: "ten bounces"), or None.
-        adjoint: differentiate each segment with :func:`neurode.odeint_adjoint` (memory
-            O(1) in the steps) instead of backprop through the solver; ``adjoint_params``
-            and ``adjoint_options`` are passed on.
+        rtol: relative tolerance as for [`neurode.odeint`][] (also of the event search).
+        atol: absolute tolerance as for [`neurode.odeint`][].
+        method: any method of [`neurode.METHODS`][] (default ``"dopri5"``).
+        options: method options as for [`neurode.odeint`][].
+        adjoint: differentiate each segment with [`neurode.odeint_adjoint`][] (memory
+            O(1) in the steps) instead of backprop through the solver.
+        adjoint_params: with ``adjoint``: the tensors to differentiate ``func`` with respect to
+            (default ``func.parameters()``).
+        adjoint_options: with ``adjoint``: the options of each segment's backward solve, as
+            ``adjoint_options`` of [`neurode.odeint_adjoint`][] (e.g. ``{"norm": "seminorm"}``).
         per_sample: ``y0`` is a batch ``(B, ...)`` whose samples are independent hybrid
             systems, each with its own events (module docstring); ``func``/``event_fn``/
             ``reset`` then see one sample's state (no batch dimension).
 
     Returns:
-        :class:`HybridSolution` with the outputs and the events.
+        [`HybridSolution`][neurode.HybridSolution] with the outputs and the events.
     """
     if not callable(event_fn):
         raise InvalidInputError("event_fn must be callable as event_fn(t, y) -> values")
@@ -225,11 +259,10 @@ def _joint(func, y0, t, *, event_fn, direction, terminal, reset, max_events, sto
     if any((b - a) * sign <= 0 for a, b in itertools.pairwise(t_user)):
         raise InvalidInputError("t must be strictly increasing or strictly decreasing")
     if adjoint:
-        aopts = dict(adjoint_options or {})
-
         def solve(y, ts):
             return odeint_adjoint(func, y, ts, rtol=rtol, atol=atol, method=method,
-                                  options=options, adjoint_params=adjoint_params, **aopts)
+                                  options=options, adjoint_params=adjoint_params,
+                                  adjoint_options=adjoint_options)
     else:
         if adjoint_params is not None or adjoint_options is not None:
             raise InvalidInputError("adjoint_params / adjoint_options apply with adjoint=True")

@@ -1,6 +1,6 @@
 """Reversible gradients (MALI; Zhuang et al., ICLR 2021): backprop through ALF at constant memory.
 
-The asynchronous leapfrog step (:mod:`neurode.solvers.steppers.alf`) is an explicit bijection of
+The asynchronous leapfrog step (`neurode.solvers.steppers.alf`) is an explicit bijection of
 the augmented state ``(z, v)`` with an inverse that costs one evaluation of ``f``. So the backward
 pass needs neither the trajectory nor checkpoints: the forward pass runs without a graph and keeps
 the outputs, the final ``v`` and the accepted steps as floats ``(t_n, h_n)``; the backward pass
@@ -19,13 +19,13 @@ reconstruction. Memory: one step's graph plus two floats per step. Cost: three e
 ``f`` per step in the backward pass (inverse, recomputation, its VJP) against one forward.
 
 Gradients w.r.t. the times are the closed forms of the continuous problem, exactly as
-:func:`neurode.odeint` attaches them: ``dL/dt_i = g_i·f(t_i, z_i)`` for ``i ≥ 1`` and
+[`neurode.odeint`][] attaches them: ``dL/dt_i = g_i·f(t_i, z_i)`` for ``i ≥ 1`` and
 ``dL/dt_0 = −(dL/dz_0)·f(t_0, z_0)``.
 
 Caveat, inherent to the method: inverting a step runs the dynamics backwards, so rounding errors
 grow like the backward flow, and for the damped step (``eta < 1``) additionally by
 ``1/|1 − 2η|`` per step. For strongly dissipative fields or many damped steps, prefer
-:func:`neurode.odeint_checkpoint` or :func:`neurode.odeint_adjoint`.
+[`neurode.odeint_checkpoint`][] or [`neurode.odeint_adjoint`][].
 """
 
 from __future__ import annotations
@@ -195,11 +195,13 @@ _ReversibleSolve = solve_function(
     _reversible_forward, with_params(_backward))
 
 
-def odeint_reversible(func: Callable, y0, t, *, rtol: float | Tensor = 1e-7,
+def odeint_reversible(func: Callable, y0: Tensor | tuple[Tensor, ...], t: Tensor, *,
+                      rtol: float | Tensor = 1e-7,
                       atol: float | Tensor = 1e-9, method: str | None = "alf",
                       options: dict[str, Any] | None = None,
-                      adjoint_params: Sequence[Tensor] | None = None):
-    """:func:`neurode.odeint` with ALF and MALI's reversible gradient (constant memory).
+                      adjoint_params: Sequence[Tensor] | None = None
+                      ) -> Tensor | tuple[Tensor, ...]:
+    """[`neurode.odeint`][] with ALF and MALI's reversible gradient (constant memory).
 
     Solves with the asynchronous leapfrog method (``method="alf"``, the only one supported; its
     options include ``eta`` and ``step_size``). The gradient is that of the discrete ALF solve,
@@ -208,14 +210,19 @@ def odeint_reversible(func: Callable, y0, t, *, rtol: float | Tensor = 1e-7,
     while storing no states.
 
     Args:
-        func, y0, t, rtol, atol, options: as :func:`neurode.odeint` (tuple states and decreasing
-            ``t`` are supported; ``jump_t`` is not: restarting ``v`` at a jump is not invertible).
+        func: ``func(t, y)`` as for [`neurode.odeint`][].
+        y0: initial state as for [`neurode.odeint`][] (tuple states are supported).
+        t: output times as for [`neurode.odeint`][] (decreasing ``t`` is supported).
+        rtol: unused by the fixed-step ALF solve; accepted for the common signature.
+        atol: unused by the fixed-step ALF solve; accepted for the common signature.
+        options: ALF options (``step_size``, ``eta``, ...); ``jump_t`` is refused: restarting
+            ``v`` at a jump is not invertible.
         method: ``"alf"`` (or None).
         adjoint_params: the tensors to differentiate ``func`` with respect to (default
             ``func.parameters()``, so ``func`` must then be an ``nn.Module``); ``()`` for none.
 
     Returns:
-        As :func:`neurode.odeint`. Gradients flow to ``y0``, to every adjoint parameter and to
+        As [`neurode.odeint`][]. Gradients flow to ``y0``, to every adjoint parameter and to
         every entry of ``t`` (closed-form time sensitivities).
     """
     if method is None:

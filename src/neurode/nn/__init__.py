@@ -1,6 +1,6 @@
 """Neural-network modules built on the solvers: ODE blocks, ODE-Net, CNFs, latent ODEs.
 
-Depends on :mod:`neurode.gradients` and :mod:`neurode.solvers`; nothing there depends on it.
+Depends on `neurode.gradients` and `neurode.solvers`; nothing there depends on it.
 """
 
 from neurode.nn.block import GRADIENTS, ODEBlock, solve

@@ -7,6 +7,7 @@ The gradient method is a constructor argument: ``"backprop"`` (through the solve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,9 +23,35 @@ __all__ = ["GRADIENTS", "ODEBlock", "solve"]
 GRADIENTS = ("backprop", "adjoint", "checkpoint", "reversible")
 
 
-def solve(func: nn.Module, y0, t: Tensor, *, gradient: str = "adjoint", method: str | None = None,
-          rtol: float = 1e-3, atol: float = 1e-3, options: dict[str, Any] | None = None):
-    """``odeint`` with the gradient method named by ``gradient`` (one of :data:`GRADIENTS`)."""
+def solve(func: nn.Module, y0: Tensor | tuple[Tensor, ...], t: Tensor, *, gradient: str = "adjoint",
+          method: str | None = None, rtol: float = 1e-3, atol: float = 1e-3,
+          options: dict[str, Any] | None = None) -> Tensor | tuple[Tensor, ...]:
+    """``odeint`` with the gradient method named by ``gradient`` (one of
+    [`GRADIENTS`][neurode.nn.GRADIENTS]).
+
+    Args:
+        func: the vector field ``func(t, y)``, an ``nn.Module``: every gradient method but
+            ``"backprop"`` differentiates w.r.t. ``func.parameters()``.
+        y0: initial state as for [`neurode.odeint`][] (a tensor or a tuple of tensors).
+        t: output times as for [`neurode.odeint`][]; ``t[0]`` is the initial time.
+        gradient: ``"backprop"`` ([`neurode.odeint`][]), ``"adjoint"``
+            ([`neurode.odeint_adjoint`][], the default), ``"checkpoint"``
+            ([`neurode.odeint_checkpoint`][]) or ``"reversible"``
+            ([`neurode.odeint_reversible`][]).
+        method: the solver (default ``"dopri5"``; ``"alf"`` with ``gradient="reversible"``,
+            the only method it supports).
+        rtol: relative tolerance of adaptive methods (default ``1e-3``, looser than
+            [`neurode.odeint`][]'s, as suits training).
+        atol: absolute tolerance of adaptive methods (default ``1e-3``).
+        options: solver options as for [`neurode.odeint`][].
+
+    Returns:
+        As [`neurode.odeint`][]: ``y`` at every time in ``t``, ``(len(t), *y0.shape)``.
+
+    Raises:
+        InvalidInputError: ``gradient`` is not one of
+            [`GRADIENTS`][neurode.nn.GRADIENTS], or a bad argument of the solver called.
+    """
     if gradient == "backprop":
         return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options=options)
     if gradient == "adjoint":
@@ -60,24 +87,31 @@ class ODEBlock(nn.Module):
         func: the vector field, an ``nn.Module`` ``func(t, z)`` (its parameters are trained).
         t: integration times; ``(t0, t1)`` by default ``(0, 1)``. With more than two times and
             ``return_trajectory=True`` the layer returns ``z`` at all of them, ``(T, *x.shape)``.
-        method, rtol, atol, options: solver settings (defaults: dopri5 — alf with
-            ``gradient="reversible"``, the one method it inverts —, 1e-3, 1e-3).
+        method: the solver (default dopri5; alf with ``gradient="reversible"``, the one method
+            it inverts).
+        rtol: relative tolerance of adaptive methods.
+        atol: absolute tolerance of adaptive methods.
+        options: solver options (as for [`neurode.odeint`][]).
         gradient: ``"backprop" | "adjoint" | "checkpoint" | "reversible"``.
         augment_dim: Dupont et al.'s augmented neural ODE: this many zero channels (dim 1) are
             appended to ``x`` before solving, and kept in the output.
         return_trajectory: return every time in ``t`` instead of the last.
-        kinetic_weight, jacobian_weight: RNODE regularisation (Finlay et al. 2020): the
-            per-sample integrals of ``‖f‖²`` and ``‖∂f/∂z‖_F²`` are solved alongside ``z`` and
-            :attr:`regularization` holds their weighted batch mean after each forward pass, to
-            be added to the loss. ``estimator`` (``"hutchinson"``, or ``"exact"`` for small
-            states) and ``noise`` choose the Frobenius estimator.
+        kinetic_weight: weight of RNODE's kinetic-energy term (Finlay et al. 2020): the
+            per-sample integral of ``‖f‖²`` is solved alongside ``z`` and ``regularization``
+            holds the weighted batch mean after each forward pass, to be added to the loss.
+        jacobian_weight: weight of RNODE's Jacobian term, the integral of ``‖∂f/∂z‖_F²``
+            (solved and reported like the kinetic term).
+        estimator: the Frobenius-norm estimator, ``"hutchinson"`` or ``"exact"`` (small states).
+        noise: the probe distribution of the Hutchinson estimator, ``"gaussian"`` or
+            ``"rademacher"``.
 
-    After a forward pass, :attr:`nfe_forward` is the number of evaluations it took, and after
-    the backward pass :attr:`nfe_backward` (evaluations since the end of the forward pass).
+    After a forward pass, `nfe_forward` is the number of evaluations it took, and after
+    the backward pass `nfe_backward` (evaluations since the end of the forward pass).
     """
 
-    def __init__(self, func: nn.Module, t=(0.0, 1.0), *, method: str | None = None,
-                 rtol: float = 1e-3, atol: float = 1e-3, gradient: str = "adjoint",
+    def __init__(self, func: nn.Module, t: Sequence[float] | Tensor = (0.0, 1.0), *,
+                 method: str | None = None, rtol: float = 1e-3, atol: float = 1e-3,
+                 gradient: str = "adjoint",
                  options: dict[str, Any] | None = None, augment_dim: int = 0,
                  return_trajectory: bool = False, kinetic_weight: float = 0.0,
                  jacobian_weight: float = 0.0, estimator: str = "hutchinson",

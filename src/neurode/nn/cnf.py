@@ -67,7 +67,11 @@ class CNF(nn.Module):
         trace: ``"exact"`` (D products; the default for D ≤ 8 via ``"auto"``) or
             ``"hutchinson"``.
         noise: Hutchinson noise, ``"gaussian"`` or ``"rademacher"``.
-        method, rtol, atol, options, gradient: the solver and its gradient method
+        method: the solver (default ``"dopri5"``).
+        rtol: its relative tolerance.
+        atol: its absolute tolerance.
+        options: its options (as for [`neurode.odeint`][]).
+        gradient: the gradient method, one of [`GRADIENTS`][neurode.nn.GRADIENTS]
             (``"adjoint"`` by default: O(1) memory).
     """
 
@@ -141,6 +145,19 @@ def flow_matching_loss(func: nn.Module, x1: Tensor, *, sigma_min: float = 1e-4,
     ``E_{t, x0, x1} ‖func(t, x_t) − (x1 − (1 − σ_min) x0)‖²`` with ``t ~ U(0, 1)`` per sample (the
     field receives ``t`` of shape ``(B,)``), ``x0 ~ N(0, I)``, ``x_t = (1 − (1 − σ_min) t) x0 +
     t x1``. Mean over the batch of the squared error summed over dimensions.
+
+    Args:
+        func: the vector field ``func(t, x)`` being trained, called once with ``t`` of shape
+            ``(B,)`` and ``x`` shaped like ``x1``.
+        x1: a batch of data samples ``(B, ...)`` (the flow's end at ``t = 1``).
+        sigma_min: the width ``σ_min`` of the conditional path at ``t = 1`` (default
+            ``1e-4``).
+        x0: base samples shaped like ``x1`` (default: fresh draws from ``N(0, I)``).
+        t: times ``(B,)`` in ``[0, 1]``, one per sample (default: fresh ``U(0, 1)`` draws in
+            ``x1``'s dtype and device).
+
+    Returns:
+        The loss, a 0-d tensor (differentiable w.r.t. ``func``'s parameters).
     """
     if x0 is None:
         x0 = torch.randn_like(x1)

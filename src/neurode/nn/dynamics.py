@@ -21,6 +21,12 @@ class SecondOrderFunc(nn.Module):
 
     The state is ``cat([x, v], dim)`` (``dim`` = 1, the feature/channel dimension, by default);
     ``accel`` is called as ``accel(t, x, v)``.
+
+    Args:
+        accel: the acceleration, ``accel(t, x, v)`` with ``x`` and ``v`` the two halves of the
+            state along ``dim``; returns a tensor shaped like ``x``.
+        dim: the dimension of the state that holds ``[x, v]`` (default 1); its size must be
+            even, else the call raises [`InvalidInputError`][neurode.InvalidInputError].
     """
 
     def __init__(self, accel: nn.Module, dim: int = 1):
@@ -44,7 +50,7 @@ class RegularizedODEFunc(nn.Module):
         estimator: ``"exact"`` (one vector–Jacobian product per state dimension) or
             ``"hutchinson"`` (one product with a noise vector ``ε``: ``‖εᵀ ∂f/∂z‖²`` is an
             unbiased estimate of ``‖∂f/∂z‖_F²`` when ``E[εεᵀ] = I``).
-        noise: ``"gaussian"`` or ``"rademacher"``; ``ε`` is drawn by :meth:`resample` and kept
+        noise: ``"gaussian"`` or ``"rademacher"``; ``ε`` is drawn by `resample` and kept
             fixed for a whole solve (the estimator must not change inside one ODE).
         jacobian: compute the Jacobian rate; ``False`` returns zeros for it at no cost (a
             kinetic-only regulariser needs no vector–Jacobian products).
@@ -69,7 +75,8 @@ class RegularizedODEFunc(nn.Module):
         """Draw the Hutchinson noise for the next solve (shape and dtype of ``like``)."""
         self.eps = draw_noise(self.noise, like)
 
-    def forward(self, t: Tensor, state: tuple[Tensor, Tensor, Tensor]):
+    def forward(self, t: Tensor, state: tuple[Tensor, Tensor, Tensor]
+                ) -> tuple[Tensor, Tensor, Tensor]:
         z = state[0]
         if not self.jacobian:
             f = self.func(t, z)

@@ -36,10 +36,14 @@ class LatentODE(nn.Module):
     """Latent ODE with a GRU encoder.
 
     Args:
-        obs_dim, latent_dim: observation and latent dimensions.
-        hidden: width of the latent field's MLP; ``rnn_hidden``: GRU width.
+        obs_dim: observation dimension (features per time point).
+        latent_dim: latent state dimension.
+        hidden: width of the two hidden layers of the latent field's MLP.
+        rnn_hidden: width (hidden-state size) of the GRU encoder.
         obs_std: standard deviation of the Gaussian observation noise.
-        method, rtol, atol: the decoder's solver (adaptive explicit: per-sample steps).
+        method: the decoder's solver (adaptive explicit: per-sample steps).
+        rtol: its relative tolerance.
+        atol: its absolute tolerance.
         gradient: ``"adjoint"`` (the joint per-sample adjoint) or ``"backprop"``.
     """
 
@@ -106,7 +110,12 @@ class LatentODE(nn.Module):
 
 
 class GRUBaseline(nn.Module):
-    """GRU over ``[x_i, Δt_i]`` predicting the next observation given the gap to it."""
+    """GRU over ``[x_i, Δt_i]`` predicting the next observation given the gap to it.
+
+    Args:
+        obs_dim: observation dimension (features per time point).
+        hidden: hidden-state size of the GRU cell.
+    """
 
     def __init__(self, obs_dim: int = 1, hidden: int = 64):
         super().__init__()

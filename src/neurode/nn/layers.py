@@ -31,7 +31,15 @@ def _time_column(t: Tensor, x: Tensor, trailing: tuple[int, ...]) -> Tensor:
 
 
 class ConcatLinear(nn.Module):
-    """``Linear(in_features + 1, out_features)`` applied to ``[x, t]``; ``x`` is ``(B, in)``."""
+    """``Linear(in_features + 1, out_features)`` applied to ``[x, t]``; ``x`` is ``(B, in)``.
+
+    Called as ``layer(t, x)`` with ``t`` 0-d or ``(B,)``; returns ``(B, out_features)``.
+
+    Args:
+        in_features: features of ``x`` (the time column is added on top).
+        out_features: features of the output.
+        bias: whether the linear map has a bias (default True).
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
@@ -43,7 +51,19 @@ class ConcatLinear(nn.Module):
 
 class ConcatConv2d(nn.Module):
     """``Conv2d(in_channels + 1, out_channels, ...)`` on ``x`` ``(B, C, H, W)`` with ``t`` as an
-    extra constant channel."""
+    extra constant channel.
+
+    Called as ``layer(t, x)`` with ``t`` 0-d or ``(B,)``; returns ``(B, out_channels, H', W')``
+    (``H' = H``, ``W' = W`` with the defaults).
+
+    Args:
+        in_channels: channels ``C`` of ``x`` (the time channel is added on top).
+        out_channels: channels of the output.
+        kernel_size: size of the square convolution kernel (default 3).
+        stride: stride of the convolution (default 1).
+        padding: zero padding on each side (default 1: same size for a 3×3 kernel).
+        bias: whether the convolution has a bias (default True).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  stride: int = 1, padding: int = 1, bias: bool = True):
@@ -56,10 +76,20 @@ class ConcatConv2d(nn.Module):
 
 
 class ConcatMLP(nn.Module):
-    """A time-dependent field ``f(t, z)``: ``layers`` :class:`ConcatLinear` maps with ``tanh``
+    """A time-dependent field ``f(t, z)``: ``layers`` [`ConcatLinear`][neurode.nn.ConcatLinear]
+    maps with ``tanh``
     between them, widths ``dim → hidden → … → hidden → dim``; ``z`` is ``(B, dim)``.
 
     The usual field of 2-D flows and small ODE blocks (``layers=2``: one hidden layer).
+
+    Args:
+        dim: dimension of the state ``z`` (input and output width).
+        hidden: width of the hidden layers.
+        layers: number of [`ConcatLinear`][neurode.nn.ConcatLinear] maps, so ``layers - 1``
+            hidden layers (default 3); ``layers=1`` is a single time-dependent linear map.
+
+    Raises:
+        InvalidInputError: ``layers < 1``.
     """
 
     def __init__(self, dim: int, hidden: int, layers: int = 3):
@@ -79,8 +109,15 @@ class ODEFunc(nn.Module):
     """A vector field ``f(t, y)`` that counts its evaluations.
 
     Either wrap a module (``ODEFunc(net)`` calls ``net(y)``, or ``net(t, y)`` with
-    ``time_input=True``) or subclass and override :meth:`dynamics`. ``nfe`` counts calls since
-    the last :meth:`reset_nfe`; solvers and :class:`~neurode.nn.ODEBlock` read it.
+    ``time_input=True``) or subclass and override `dynamics`. ``nfe`` counts calls since
+    the last `reset_nfe`; solvers and [`ODEBlock`][neurode.nn.ODEBlock] read it.
+
+    Args:
+        net: the module (or any callable) that computes the field; None when a subclass
+            overrides `dynamics` (calling an ``ODEFunc`` without either raises
+            ``NotImplementedError``).
+        time_input: call ``net(t, y)`` instead of ``net(y)`` (default False: an autonomous
+            field).
     """
 
     def __init__(self, net: nn.Module | Callable | None = None, time_input: bool = False):

@@ -2,7 +2,7 @@
 
 - stem: ``Conv3×3(in, dim)``, then ``downsample`` × (GroupNorm, ReLU, ``Conv4×4 stride 2``):
   28×28 → 7×7 with two, 8×8 → 4×4 with one;
-- features: ``"ode"``: one :class:`~neurode.nn.ODEBlock` over (norm, ReLU, ConcatConv2d) ×2;
+- features: ``"ode"``: one [`ODEBlock`][neurode.nn.ODEBlock] over (norm, ReLU, ConcatConv2d) ×2;
   ``"resnet"``: 6 residual blocks (norm, ReLU, Conv) ×2 + skip; ``"rknet"``: the ODE block
   solved by a fixed-step rk4 with backprop through the steps;
 - head: GroupNorm, ReLU, global average pooling, ``Linear(dim, n_classes)``.
@@ -29,12 +29,27 @@ def _norm(dim: int) -> nn.GroupNorm:
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of trainable scalars."""
+    """Number of trainable scalars.
+
+    Args:
+        module: the module whose parameters are counted (those with ``requires_grad``; a
+            parameter shared between submodules counts once).
+
+    Returns:
+        The total number of elements of those parameters.
+    """
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 class ConvODEFunc(ODEFunc):
-    """Chen et al.'s convolutional field: (norm, ReLU, ConcatConv2d) ×2, then norm."""
+    """Chen et al.'s convolutional field: (norm, ReLU, ConcatConv2d) ×2, then norm.
+
+    Maps ``(B, dim, H, W)`` to the same shape; the norms are ``GroupNorm(min(32, dim), dim)``.
+
+    Args:
+        dim: channels of the feature map, in and out (at most 32, or a multiple of 32, for the
+            group norms).
+    """
 
     def __init__(self, dim: int):
         super().__init__()
@@ -50,7 +65,14 @@ class ConvODEFunc(ODEFunc):
 
 
 class ResBlock(nn.Module):
-    """Pre-activation residual block: ``x + conv(relu(norm(conv(relu(norm(x))))))``."""
+    """Pre-activation residual block: ``x + conv(relu(norm(conv(relu(norm(x))))))``.
+
+    Maps ``(B, dim, H, W)`` to the same shape (3×3 convolutions, padding 1).
+
+    Args:
+        dim: channels of the feature map, in and out (at most 32, or a multiple of 32, for the
+            ``GroupNorm(min(32, dim), dim)`` norms).
+    """
 
     def __init__(self, dim: int):
         super().__init__()
@@ -66,11 +88,17 @@ class ODENetClassifier(nn.Module):
 
     Args:
         kind: ``"ode"``, ``"resnet"`` or ``"rknet"``.
-        in_channels, n_classes, dim: image channels, classes, feature channels.
+        in_channels: image channels (1 for digits and MNIST, 3 for CIFAR-10).
+        n_classes: number of classes.
+        dim: feature channels of the residual/ODE stage.
         downsample: stride-2 convolutions in the stem (1 for 8×8 digits, 2 for MNIST).
-        method, rtol, atol, gradient, options: the ODE block's solver (``"ode"``; ``method``
-            defaults as in :class:`~neurode.nn.ODEBlock`: dopri5, alf when reversible); RK-Net uses
-            ``rk4`` with ``rk_steps`` steps on [0, 1] and backprop.
+        method: the ODE block's solver (``kind="ode"``; default as in
+            [`ODEBlock`][neurode.nn.ODEBlock]: dopri5, alf when reversible).
+        rtol: the ODE block's relative tolerance.
+        atol: the ODE block's absolute tolerance.
+        gradient: the ODE block's gradient method (one of [`GRADIENTS`][neurode.nn.GRADIENTS]).
+        options: the ODE block's solver options.
+        rk_steps: RK-Net's number of ``rk4`` steps on [0, 1] (trained by backprop).
     """
 
     def __init__(self, kind: str = "ode", *, in_channels: int = 1, n_classes: int = 10,

@@ -1,6 +1,7 @@
 """Public entry points of the solvers: ``odeint`` (torchdiffeq-compatible), ``odeint_dense`` and
-``solve_ivp`` (neurode's richer API returning a :class:`Solution`), and :func:`integrate`, the one
-function that runs any registered method on a :class:`~neurode.solvers.problem.Problem`."""
+``solve_ivp`` (neurode's richer API returning a [`Solution`][neurode.Solution]), and `integrate`,
+the one
+function that runs any registered method on a `Problem`."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def grid_of(pb: Problem) -> list[float]:
 
 def integrate(pb: Problem, *, record: str | None = None, quad: Quadrature | None = None,
               event_fn=None, per_sample_record: bool = False) -> LoopResult:
-    """Run ``pb``'s method and return the :class:`LoopResult` (failures are statuses, not raised).
+    """Run ``pb``'s method and return the `LoopResult` (failures are statuses, not raised).
 
     ``record``: ``"steps"`` or ``"dense"`` (joint solves); ``quad``: quadratures beside the state
     (Runge–Kutta methods); ``event_fn``: integrate until it crosses zero; ``per_sample_record``:
@@ -124,7 +125,7 @@ def with_time_grad(pb: Problem, i: int, y: Tensor, sign: float = 1.0) -> Tensor:
 
 def time_grad_start(pb: Problem) -> Problem:
     """``y0 − (t0 − stop_grad(t0))·f(t0, y0)``: backprop through the steps then applies
-    ``∂y(t_i)/∂t_0 = −Φ(t_i, t_0) f(t_0, y_0)`` (see :func:`_solve`)."""
+    ``∂y(t_i)/∂t_0 = −Φ(t_i, t_0) f(t_0, y_0)`` (see `_solve`)."""
     return pb.with_y0(with_time_grad(pb, 0, pb.y0, sign=-1.0))
 
 
@@ -152,7 +153,8 @@ def _solve(pb: Problem, record: str | None, throw: bool) -> tuple[LoopResult, Te
 
 def odeint(func: Func, y0: State, t: Tensor, *, rtol: float | Tensor = 1e-7,
            atol: float | Tensor = 1e-9, method: str | None = None,
-           options: dict[str, Any] | None = None, event_fn: Callable | None = None):
+           options: dict[str, Any] | None = None, event_fn: Callable | None = None
+           ) -> State | tuple[Tensor, State]:
     """Solve ``dy/dt = func(t, y), y(t[0]) = y0`` and return ``y`` at every time in ``t``.
 
     A drop-in replacement for ``torchdiffeq.odeint`` (same arguments, methods and options).
@@ -163,12 +165,15 @@ def odeint(func: Func, y0: State, t: Tensor, *, rtol: float | Tensor = 1e-7,
         y0: initial state, a tensor of any shape (float32/64, complex64/128) or a tuple of them.
         t: 1-D tensor of times, strictly increasing or strictly decreasing; ``t[0]`` is the
             initial time. Per-sample mode (``options={"per_sample": True}``) also takes ``(B, T)``.
-        rtol, atol: relative and absolute tolerance of adaptive methods (floats, or tensors
-            broadcastable to ``y0``).
+        rtol: relative tolerance of adaptive methods (a float, or a tensor broadcastable to
+            ``y0``).
+        atol: absolute tolerance of adaptive methods (a float, or a tensor broadcastable to
+            ``y0``).
         method: one of ``neurode.METHODS`` (default ``"dopri5"``).
-        options: method options (see the README's table), e.g. ``{"step_size": 0.1}``.
+        options: method options (see [the options table](../guide/options.md)), e.g.
+            ``{"step_size": 0.1}``.
         event_fn: ``event_fn(t, y)``; when given, integrate from ``t[0]`` until it crosses zero
-            and return ``(event_t, solution)`` (see :func:`neurode.odeint_event`).
+            and return ``(event_t, solution)`` (see [`neurode.odeint_event`][]).
 
     Returns:
         ``(len(t), *y0.shape)`` tensor (a tuple of such for tuple ``y0``); row 0 is ``y0``.
@@ -237,7 +242,7 @@ def integrate_event(func, y0, t, event_fn, *, rtol=1e-7, atol=1e-9, method=None,
 
 def find_event(func, y0, t0: float, t1: float, spec, *, rtol, atol, method,
                options) -> tuple[float, int, Any] | None:
-    """The first event of ``spec`` (an :class:`~neurode.solvers.loops.events.EventSpec`) in
+    """The first event of ``spec`` (an `EventSpec`) in
     ``[t0, t1]`` (the user's times, either direction), no graph: ``(t*, which, y*)`` with ``y*``
     the located state in the user's structure, or None when none comes before ``t1``.
     Failures raise their named errors."""
@@ -299,11 +304,20 @@ def solve_ivp(func: Func, y0: State, t_eval: Tensor, *, method: str = "dopri5",
               rtol: float | Tensor = 1e-7, atol: float | Tensor = 1e-9,
               options: dict[str, Any] | None = None, dense: bool = False,
               throw: bool = True, per_sample: bool = False) -> Solution:
-    """Solve an initial value problem and return a :class:`Solution` with statistics.
+    """Solve an initial value problem and return a [`Solution`][neurode.Solution] with statistics.
 
-    Same arguments as :func:`odeint` (``t_eval`` plays the role of ``t``), plus:
+    Same arguments as [`odeint`][neurode.odeint] (``t_eval`` plays the role of ``t``), plus
+    ``dense``, ``throw`` and ``per_sample``:
 
     Args:
+        func: ``func(t, y)`` as for [`neurode.odeint`][].
+        y0: initial state as for [`neurode.odeint`][] (a tensor or a tuple of tensors).
+        t_eval: the output times ``(T,)``, strictly monotone, ``t_eval[0]`` the initial time
+            (as ``t`` of [`neurode.odeint`][]); ``(B, T)`` in per-sample mode.
+        method: one of ``neurode.METHODS`` (default ``"dopri5"``).
+        rtol: relative tolerance as for [`neurode.odeint`][] (default ``1e-7``).
+        atol: absolute tolerance as for [`neurode.odeint`][] (default ``1e-9``).
+        options: method options as for [`neurode.odeint`][].
         dense: keep every step's stages so that ``sol.evaluate(t)`` gives the continuous solution
             anywhere in the span (memory grows with the number of steps).
         throw: if False, a failed integration returns a Solution with ``status < 0``, a
@@ -312,6 +326,16 @@ def solve_ivp(func: Func, y0: State, t_eval: Tensor, *, method: str = "dopri5",
             ``options={"per_sample": True}``): ``t_eval`` may then be ``(B, T)``, ``func``
             receives ``t`` as a ``(B,)`` tensor, ``ys`` is ``(T, B, ...)`` and the statistics
             are per sample.
+
+    Returns:
+        A [`Solution`][neurode.Solution]: ``ts``, ``ys`` (``(T, *y0.shape)``), ``stats``,
+        ``status``/``message`` and, with ``dense=True``, ``dense``.
+
+    Raises:
+        InvalidInputError: bad arguments (as for [`neurode.odeint`][]), or ``dense=True`` in
+            per-sample mode.
+        SolverError: with ``throw=True`` (the default), the integration failed (a subclass
+            names why).
     """
     pb = make_problem(func, y0, t_eval, rtol, atol, method, options,
                       per_sample=True if per_sample else None)
@@ -330,13 +354,32 @@ def solve_ivp(func: Func, y0: State, t_eval: Tensor, *, method: str = "dopri5",
                     sample_status=res.status if pb.per_sample else None)
 
 
-def odeint_dense(func: Func, y0: State, t0, t1, *, rtol: float | Tensor = 1e-7,
+def odeint_dense(func: Func, y0: State, t0: float | Tensor, t1: float | Tensor, *,
+                 rtol: float | Tensor = 1e-7,
                  atol: float | Tensor = 1e-9, method: str | None = None,
                  options: dict[str, Any] | None = None) -> DenseOutput:
     """Solve from ``t0`` to ``t1`` and return the dense solution as a callable ``y(t)``.
 
     As in torchdiffeq's newer releases; works for every method but ``scipy_solver`` and for
     tuple states. The callable accepts a scalar or a 1-D tensor of times in ``[t0, t1]``.
+
+    Args:
+        func: ``func(t, y)`` as for [`neurode.odeint`][].
+        y0: initial state at ``t0`` as for [`neurode.odeint`][] (a tensor or a tuple of
+            tensors).
+        t0: initial time (a float or a 0-d tensor).
+        t1: final time; ``t1 < t0`` integrates backward in time.
+        rtol: relative tolerance as for [`neurode.odeint`][] (default ``1e-7``).
+        atol: absolute tolerance as for [`neurode.odeint`][] (default ``1e-9``).
+        method: one of ``neurode.METHODS`` but ``scipy_solver`` (default ``"dopri5"``).
+        options: method options as for [`neurode.odeint`][]; not ``per_sample``.
+
+    Returns:
+        The [`DenseOutput`][neurode.DenseOutput] ``y(t)`` over ``[t0, t1]``.
+
+    Raises:
+        InvalidInputError: bad arguments, ``method="scipy_solver"`` or per-sample mode.
+        SolverError: the integration failed (a subclass names why).
     """
     t = torch.stack([torch.as_tensor(t0, dtype=torch.float64).reshape(()),
                      torch.as_tensor(t1, dtype=torch.float64).reshape(())])

@@ -1,6 +1,6 @@
 """Step-size control over tensors: the PID controller and the initial-step heuristic.
 
-The controller's arithmetic runs on a scalar back end (:mod:`neurode.solvers.scalars`): ``(B,)``
+The controller's arithmetic runs on a scalar back end (`neurode.solvers.scalars`): ``(B,)``
 tensors that are never read on the host (``B = 1`` for a joint solve), so the adaptive loop can
 queue many steps without a synchronisation, or one row of floats on the host. The initial step
 works on ``(B,)`` tensors.
@@ -42,7 +42,7 @@ class PIDController:
     term alone, ``safety · ε^(−1/k)`` clipped to ``[dfactor, 0.9]``, or by ``dfactor`` when the
     ratio is not finite. The result is clipped to ``[min_step, max_step]``. ``i = 1, p = d = 0`` is
     the classic integral controller. The arithmetic runs on a scalar back end
-    (:mod:`neurode.solvers.scalars`): ``(B,)`` tensors, or one row of floats on the host.
+    (`neurode.solvers.scalars`): ``(B,)`` tensors, or one row of floats on the host.
     """
 
     def __init__(self, error_order: int, *, safety: float = 0.9, ifactor: float = 10.0,
@@ -67,7 +67,7 @@ class PIDController:
         return ControllerState(history=ones * self.safety, prev=ones, cap=ones * self.ifactor)
 
     def _constants(self, S) -> tuple:
-        """The numbers of :meth:`update` in the back end's form (made once per back end)."""
+        """The numbers of `update` in the back end's form (made once per back end)."""
         r, t = S.r, S.t
         return (r(1.0), r(1e-10), r(1e-4), r(self.safety), r(self.safety), r(self.e1),
                 r(self.e_reject), r(self.dfactor), r(0.9), r(self.ifactor), r(1.2), r(0.5),
@@ -82,7 +82,7 @@ class PIDController:
             dt: the sizes of the attempted steps (0 for rows that are done).
             h: the step sizes that were planned (``dt`` is smaller when a step was cut short to
                 land on a stop).
-            state: the rows' :class:`ControllerState`.
+            state: the rows' `ControllerState`.
             done: rows no longer integrating: never accepted, ``h`` and ``state`` kept.
             landing: the step was cut to land on a stop. An accepted landing step keeps at least
                 the planned ``h`` for the next: its size says little about the next one.

@@ -44,7 +44,7 @@ def row_rms(x: Tensor) -> Tensor:
 
 
 def _row_rms_of(n: int, dtype: torch.dtype, device) -> RowNorm:
-    """:func:`row_rms` for rows of ``n``, its scale a tensor (a Python number is wrapped into
+    """`row_rms` for rows of ``n``, its scale a tensor (a Python number is wrapped into
     a tensor at every call, which costs more than the operation on small rows)."""
     if n == 0:
         return row_rms

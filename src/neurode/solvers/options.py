@@ -1,7 +1,8 @@
 """Method options: one schema per family, every value checked once at the front door.
 
-A method takes the option families its registry entry lists (:data:`FAMILY_KEYS`); a key that
-none of them holds is an :class:`~neurode.errors.UnknownOptionError` that lists the valid keys.
+A method takes the option families its registry entry lists (`FAMILY_KEYS`); a key that
+none of them holds is an [`UnknownOptionError`][neurode.UnknownOptionError] that lists the valid
+keys.
 Each value is checked here for type, NaN, sign and range and parsed into a frozen config, so the
 loops and steppers never see a raw ``options`` dict. Time-valued options (``step_t``, ``jump_t``)
 stay in the user's time here; the front door maps them to internal time.
@@ -36,12 +37,12 @@ SCIPY_SOLVERS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 
 @dataclass(frozen=True)
 class StepControl:
-    """Adaptive step control (see :class:`~neurode.solvers.controller.PIDController`).
+    """Adaptive step control (see `PIDController`).
 
     ``sync_every``: steps queued between two host checks of the adaptive loop; ``compile``:
-    run each step through ``torch.compile``; ``decisions`` (on :class:`Options`): where the step
+    run each step through ``torch.compile``; ``decisions`` (on `Options`): where the step
     control's numbers live, ``"auto"``, ``"host"`` or ``"device"``
-    (:mod:`neurode.solvers.scalars`).
+    (`neurode.solvers.scalars`).
     """
 
     first_step: float | None = None

@@ -1,15 +1,15 @@
 """The front door: validate and normalise a user's problem once, so the loops see the simple case.
 
-:func:`make_problem` checks ``func``, ``y0``, ``t``, the tolerances and the options and returns a
-frozen :class:`Problem`:
+`make_problem` checks ``func``, ``y0``, ``t``, the tolerances and the options and returns a
+frozen `Problem`:
 
-* the state as a ``(B, N)`` tensor (:class:`Layout`): ``B = 1`` for a joint solve, the batch for a
+* the state as a ``(B, N)`` tensor (`Layout`): ``B = 1`` for a joint solve, the batch for a
   per-sample one; tuple states are flattened and concatenated along ``N``;
 * time as internal forward floats ``s = sign·t`` (``sign = −1`` for decreasing ``t``); steppers
   combine stages with the signed step, so the user's field is evaluated as it is;
-* the options parsed into typed configs (:mod:`neurode.solvers.options`), time-valued ones mapped
+* the options parsed into typed configs (`neurode.solvers.options`), time-valued ones mapped
   to internal time;
-* the :class:`Field` that calls ``func`` in the user's structure and checks its first output.
+* the `Field` that calls ``func`` in the user's structure and checks its first output.
 """
 
 from __future__ import annotations
@@ -430,7 +430,7 @@ def _callbacks(func, suffix: str) -> Callbacks | None:
 def make_problem(func, y0, t, rtol, atol, method: str | None, options: dict[str, Any] | None,
                  *, callback_suffix: str = "", per_sample: bool | None = None,
                  allow_seminorm: bool = False) -> Problem:
-    """Validate every argument and build the normalised :class:`Problem`.
+    """Validate every argument and build the normalised `Problem`.
 
     ``per_sample`` None: as ``options["per_sample"]`` says (default False).
     """

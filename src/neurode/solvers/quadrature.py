@@ -8,9 +8,9 @@ one multiply–add per stage and step, on the tensors the vector field already r
 ``Q ← Q + h Σ_i b_i q_i``.
 
 Protocol: the vector field returns its state derivative ``k`` with the quadrature derivatives of
-the same evaluation attached (:func:`attach`); the loop hands each step's :class:`StepOut` to
-:meth:`Quadrature.ratio` (error control, adaptive loop), then :meth:`Quadrature.commit` with the
-accept decision (a tensor: no host read), or :meth:`Quadrature.advance` on a fixed grid.
+the same evaluation attached (`attach`); the loop hands each step's `StepOut` to
+`Quadrature.ratio` (error control, adaptive loop), then `Quadrature.commit` with the
+accept decision (a tensor: no host read), or `Quadrature.advance` on a fixed grid.
 Attaching to the returned tensor makes the pairing immune to rejected steps and to the extra
 evaluation of the initial-step heuristic. Joint solves only (``B = 1``).
 """
@@ -82,7 +82,7 @@ class Quadrature:
     """Running integrals ``values`` (a list of tensors) advanced with a tableau's weights.
 
     Args:
-        values: the integrals at the start (not modified; :attr:`values` is rebound per step).
+        values: the integrals at the start (not modified; `values` is rebound per step).
         tableau: the explicit Runge–Kutta tableau of the loop (its ``b`` and ``b_error``).
         scale: factor on every increment (the loops pass the signed step ``h``, so the
             integrals run in the user's time; ``scale`` rescales them further).

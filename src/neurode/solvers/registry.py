@@ -1,8 +1,9 @@
 """The method registry: every method neurode knows, registered here and nowhere else.
 
-A method is a name → :class:`MethodSpec`: which loop runs it, which option families it takes,
+A method is a name → [`MethodSpec`][neurode.solvers.MethodSpec]: which loop runs it, which option
+families it takes,
 how its stepper is built from a problem, and what it supports. An explicit Runge–Kutta method is
-a tableau in :data:`~neurode.solvers.tableaux.TABLEAUX` plus one line below.
+a tableau in [`TABLEAUX`][neurode.TABLEAUX] plus one line below.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class MethodSpec:
 
     Attributes:
         name: the registry name.
-        families: the option families it takes (:data:`~neurode.solvers.options.FAMILY_KEYS`).
+        families: the option families it takes (`FAMILY_KEYS`).
         loop: ``opts -> "adaptive" | "fixed" | "scipy"``: the loop that runs it.
         stepper: ``problem -> stepper`` (None for external backends).
         order: order of the method.
@@ -38,7 +39,7 @@ class MethodSpec:
         per_sample: can give every sample of a batch its own steps.
         tableau: its tableau, if it is one.
         defaults: option defaults that differ from the family's (e.g. radau's pure I control).
-        kind: a short word for the README's feature table.
+        kind: a short word for the feature table of the methods guide.
     """
 
     name: str
@@ -57,13 +58,24 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(spec: MethodSpec, *aliases: str) -> None:
-    """Add ``spec`` to the registry under its name and any ``aliases``."""
+    """Add ``spec`` to the registry under its name and any ``aliases``.
+
+    A name already registered is replaced (no error), so a user's spec can override a built-in
+    method.
+
+    Args:
+        spec: the [`MethodSpec`][neurode.solvers.MethodSpec] to register; it is stored under
+            ``spec.name``.
+        *aliases: further names the same spec answers to (e.g. ``"fixed_adams"`` for
+            ``implicit_adams``).
+    """
     for name in (spec.name, *aliases):
         METHODS[name] = spec
 
 
 def get_method(name: str) -> MethodSpec:
-    """The spec for ``name``; :class:`UnknownMethodError` listing valid names otherwise."""
+    """The spec for ``name``; [`UnknownMethodError`][neurode.UnknownMethodError] listing valid
+    names otherwise."""
     try:
         return METHODS[name]
     except (KeyError, TypeError):
@@ -187,7 +199,7 @@ BY_TOLERANCE: tuple[tuple[float, str], ...] = ((1e-4, "tsit5"), (0.0, "vern8"))
 
 
 def explicit_for(rtol) -> str:
-    """The explicit method :data:`BY_TOLERANCE` gives for ``rtol`` (a tensor: its smallest
+    """The explicit method `BY_TOLERANCE` gives for ``rtol`` (a tensor: its smallest
     entry)."""
     r = float(rtol.min()) if hasattr(rtol, "min") else float(rtol)
     for bound, name in BY_TOLERANCE:

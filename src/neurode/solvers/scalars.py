@@ -3,10 +3,10 @@
 The adaptive loop and the PID controller are written once, against a small arithmetic
 interface; two back ends carry it out:
 
-* :class:`DeviceScalars`: every row's time, step, controller memory, decision and status is a
+* `DeviceScalars`: every row's time, step, controller memory, decision and status is a
   ``(B,)`` tensor (``B = 1`` for a joint solve). Nothing is read on the host, so steps can be
   queued and compiled; per-sample solves always run here.
-* :class:`HostScalars`: one row, Python floats and bools; the error ratio of each step is read
+* `HostScalars`: one row, Python floats and bools; the error ratio of each step is read
   once. On the CPU a read costs next to nothing, while the same control as tensor operations costs
   a few microseconds per operation in PyTorch's dispatcher (~100 µs per step), so this is the
   default for joint solves on the CPU (``options["decisions"]``).
@@ -119,7 +119,7 @@ class DeviceScalars:
 
 
 class HostScalars:
-    """One row of Python numbers; :meth:`read` is the one host read of a step."""
+    """One row of Python numbers; `read` is the one host read of a step."""
 
     host = True
 

@@ -14,7 +14,8 @@ from neurode.errors import InvalidInputError, Status
 
 __all__ = ["STATUS_MESSAGES", "DenseOutput", "Segment", "Solution", "Stats"]
 
-#: Status codes of :class:`Solution` and their meaning (see :class:`neurode.errors.Status`).
+#: Status codes of [`Solution`][neurode.Solution] and their meaning (see
+#: [`neurode.errors.Status`][neurode.Status]).
 STATUS_MESSAGES = {int(s): s.message for s in Status}
 
 
@@ -35,7 +36,23 @@ class Stats:
     methods) Jacobian evaluations and LU factorisations. In per-sample mode the first four are
     ``(B,)`` int64 tensors, one count per sample (``nfe`` counts the evaluations of that
     sample's row: the batch is evaluated together while the sample is still running).
-    ``segments``: which method ran over which interval (:class:`Segment`; joint solves)."""
+    ``segments``: which method ran over which interval (`Segment`; joint solves).
+
+    Attributes:
+        nfe: number of evaluations of the vector field (an ``int``; per sample a ``(B,)``
+            int64 tensor).
+        n_steps: steps attempted, accepted and rejected (an ``int``, or ``(B,)`` per sample).
+        n_accepted: accepted steps (an ``int``, or ``(B,)`` per sample).
+        n_rejected: steps rejected by the error control and retried with a smaller size (an
+            ``int``, or ``(B,)`` per sample; always 0 on fixed grids).
+        n_jac: Jacobian evaluations of the implicit methods' Newton iterations (0 for explicit
+            methods and in per-sample mode).
+        n_lu: LU factorisations of the Newton matrix (implicit methods; 0 otherwise and in
+            per-sample mode).
+        segments: one ``Segment(method, t0, t1, nfe, n_steps)`` per method that ran, in the
+            user's time: a single one for an ordinary solve, one per switch for
+            ``method="auto"``; empty in per-sample mode.
+    """
 
     nfe: int | Tensor = 0
     n_steps: int | Tensor = 0
@@ -54,15 +71,27 @@ class DenseOutput:
     """The continuous solution ``y(t)`` between the steps a solve took.
 
     Each accepted step answers from its method's own continuous extension (4th order for dopri5
-    and tsit5, 7th for dopri8, cubic Hermite for the others and on fixed grids). Call it with a
-    scalar or 1-D tensor of times inside the solved interval; returns ``(*y0.shape)`` or
-    ``(len(t), *y0.shape)`` (tuples for tuple states).
+    and tsit5, 7th for dopri8, 6th for vern6 and vern7, 8th for vern8, 9th for vern9), and from
+    a cubic Hermite interpolant for the others and on fixed grids. Call it with a scalar or 1-D
+    tensor of times inside the solved interval; returns ``(*y0.shape)`` or
+    ``(len(t), *y0.shape)`` (tuples for tuple states). A time outside ``t_span`` raises
+    [`InvalidInputError`][neurode.InvalidInputError].
+
+    Built by [`neurode.solve_ivp`][] (``dense=True``) and [`neurode.odeint_dense`][]; the
+    constructor arguments below are internal (flattened state, forward time).
 
     Args:
-        starts, sizes: each accepted step's start and size (internal forward time).
+        starts: each accepted step's start (internal forward time), increasing.
+        sizes: each accepted step's size (internal forward time), as long as ``starts``.
         interp: ``interp(i, θs) -> [(N,), ...]``: the state at each ``θ ∈ [0, 1]`` of step ``i``.
-        t_span: the solved interval in internal time; ``sign``: the user's time direction.
-        unflatten: ``(T, N) → the user's structure``; ``y_end``: the state at the end ``(N,)``.
+        t_span: the solved interval ``(t0, t1)`` in internal forward time.
+        sign: the user's time direction: ``+1.0`` (increasing) or ``-1.0`` (user time is
+            ``sign`` times internal time).
+        unflatten: maps ``(T, N)`` flat states to the user's structure, ``(T, *y0.shape)`` (a
+            tuple of such for tuple states).
+        y_end: the state at the end of the interval, ``(N,)``; returned when no step was taken.
+        is_tuple: whether the user's state is a tuple of tensors (a scalar time then returns a
+            tuple of ``(*y0[k].shape)`` tensors).
     """
 
     def __init__(self, starts: list[float], sizes: list[float],
@@ -119,17 +148,22 @@ class DenseOutput:
 
 @dataclass
 class Solution:
-    """Result of :func:`neurode.solve_ivp`.
+    """Result of [`neurode.solve_ivp`][].
 
     Attributes:
         ts: the requested times ``(T,)`` (``(B, T)`` per sample, as given).
         ys: the solution at ``ts``, ``(T, *y0.shape)`` (a tuple of such for tuple ``y0``). Rows
             after a failure (``status < 0``) are NaN.
-        stats: :class:`Stats`.
-        status: 0 on success, 1 if an event ended the solve, negative on failure (see
-            :class:`neurode.errors.Status`).
+        stats: [`Stats`][neurode.Stats].
+        status: 0 on success, negative on failure (see
+            [`neurode.errors.Status`][neurode.Status]; code 1, "terminated by event", is not
+            produced by [`neurode.solve_ivp`][], which has no events).
         message: what happened, in words (where and why for failures).
-        dense: a :class:`DenseOutput` when the solve was asked for one (``dense=True``).
+        dense: a [`DenseOutput`][neurode.DenseOutput] when the solve was asked for one
+            (``dense=True``).
+        event_t: the time of an event that ended the solve; [`neurode.solve_ivp`][] takes no
+            event function, so it is always None there (use [`neurode.odeint_event`][] or
+            [`neurode.odeint_hybrid`][] for events).
         sample_status: per-sample mode only: ``(B,)`` int64 status of each sample (``status``
             is then the first failure's code, or 0).
     """
@@ -147,7 +181,7 @@ class Solution:
     def success(self) -> bool:
         return self.status >= 0
 
-    def evaluate(self, t) -> Tensor | tuple[Tensor, ...]:
+    def evaluate(self, t: float | Tensor) -> Tensor | tuple[Tensor, ...]:
         """Dense output ``y(t)`` at any time(s) within the solved span (needs ``dense=True``)."""
         if self.dense is None:
             raise InvalidInputError(

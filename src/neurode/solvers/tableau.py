@@ -1,8 +1,8 @@
-"""Butcher tableaux as data: explicit (:class:`ButcherTableau`) and implicit
-(:class:`ImplicitTableau`).
+"""Butcher tableaux as data: explicit ([`ButcherTableau`][neurode.ButcherTableau]) and implicit
+(`ImplicitTableau`).
 
 A Runge–Kutta method is one of these plus a name in the registry; the steppers
-(:mod:`neurode.solvers.steppers`) run any of them. Dense output is stored as polynomials
+(`neurode.solvers.steppers`) run any of them. Dense output is stored as polynomials
 ``b_j(θ) = Σ_p dense[j][p] θ^(p+1)`` so that ``y(t0 + θh) = y0 + h Σ_j b_j(θ) k_j`` for
 ``θ ∈ [0, 1]``; the dense stages ``k_j`` are the method's stages, then ``f(t0+h, y1)`` when the
 method is not FSAL, then any extra stages that only dense output needs (``extra_a``/``extra_c``).
@@ -35,10 +35,18 @@ class ButcherTableau:
         fsal: the last stage is ``f(t0+h, y1)`` (first same as last), so it is reused.
         dense: dense-output polynomial coefficients (see module docstring), or ``None``.
         dense_order: order of the dense output.
-        extra_c, extra_a: extra stages used only by dense output; ``extra_a`` rows range over the
-            dense stages that precede them.
+        extra_c: nodes of the extra stages used only by dense output (empty for most methods).
+        extra_a: coefficient rows of those extra stages, one per entry of ``extra_c``; each row
+            ranges over the dense stages that precede it.
         b_error_low: a second, lower-order error estimate combined with ``b_error`` as in
             Hairer's DOP853 (``err5² / sqrt(err5² + 0.01 err3²)``); ``None`` for other methods.
+        _meta: internal cache of derived quantities (the stability boundary); not part of the
+            tableau's data and left out of its ``repr``.
+
+    Raises:
+        ValueError: the arrays are inconsistent: ``a`` not strictly lower triangular with ``S``
+            rows, ``b`` not of length ``S``, ``b_error`` without ``embedded_order``, or
+            ``extra_a`` and ``extra_c`` of different lengths.
     """
 
     name: str

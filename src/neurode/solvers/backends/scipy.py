@@ -4,7 +4,7 @@
 ``"LSODA"``), with ``rtol``/``atol`` and the options ``first_step``, ``min_step`` (LSODA only),
 ``max_step`` and ``max_num_steps``. The solve runs in float64 (complex128 for complex states) on
 the host, outside autograd: there is no gradient through it, but it serves as the backward solver
-of :func:`neurode.odeint_adjoint` (``adjoint_method="scipy_solver"``), whose vector field computes
+of [`neurode.odeint_adjoint`][] (``adjoint_method="scipy_solver"``), whose vector field computes
 its VJPs itself. Events are located on SciPy's dense output with neurode's own root finder.
 SciPy is an optional dependency (``pip install neurode[scipy]``).
 """

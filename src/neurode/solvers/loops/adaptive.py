@@ -1,11 +1,11 @@
 """The adaptive loop: any stepper with an error estimate, joint or per sample.
 
 Every row (``B = 1`` for a joint solve) has its own time, step size, controller memory, stop
-cursor, status and counters. One attempted step of every row is :meth:`AdaptiveLoop.attempt`: it
+cursor, status and counters. One attempted step of every row is `AdaptiveLoop.attempt`: it
 lands the step on the next stop if it reaches it (``step_t``, the segment's end, output times for
 steppers that land on them, the per-sample output window), runs the stepper, the error norm and
 the controller, detects failures and merges the new state. The step control's numbers live on a
-scalar back end (:mod:`neurode.solvers.scalars`):
+scalar back end (`neurode.solvers.scalars`):
 
 * on the device (per-sample solves; joint solves on accelerators, or with ``sync_every`` or
   ``compile``): ``attempt`` reads nothing on the host, so it can be compiled
@@ -16,7 +16,7 @@ scalar back end (:mod:`neurode.solvers.scalars`):
   per step, and each accepted step processed right away.
 
 Per-sample solves emit outputs on the device instead
-(:class:`~neurode.solvers.loops.output.DeviceOutputs`).
+(`DeviceOutputs`).
 
 Failures, per row and never an endless loop: a step whose next size falls below the time
 resolution (``8 ulp(t)``) fails — after a rejection it cannot shrink further, after an acceptance
@@ -150,9 +150,9 @@ class AdaptiveLoop:
         t_end: the final internal time when it is not ``t_out[-1]`` (events: ``math.inf``).
         per_sample_record: keep every iteration's per-row times, acceptance and output cursor
             (per-sample adjoint) and land on every output time.
-        monitor: a stiffness test (:mod:`neurode.solvers.loops.stiffness`, joint solves) that
+        monitor: a stiffness test (`neurode.solvers.loops.stiffness`, joint solves) that
             sees every accepted step; when it fires the solve stops after that step and
-            :attr:`switched` holds ``(s, y1)`` there (``method="auto"`` then changes method).
+            `switched` holds ``(s, y1)`` there (``method="auto"`` then changes method).
     """
 
     def __init__(self, pb: Problem, stepper, *, record: str | None = None,
@@ -466,7 +466,7 @@ class AdaptiveLoop:
                             st.carry)
 
     def _constants(self, S) -> tuple:
-        """The numbers of :meth:`attempt` in the back end's form (made once per back end)."""
+        """The numbers of `attempt` in the back end's form (made once per back end)."""
         return (S.t(8 * self.eps), S.t(math.inf), S.t(self.ctl.min_step),
                 S.i(Status.STEP_SIZE_TOO_SMALL), S.i(Status.NON_FINITE),
                 S.i(Status.NEWTON_FAILED))

@@ -1,15 +1,15 @@
 """``method="auto"``: the explicit method that fits the tolerance, and Radau while the problem is
 stiff.
 
-The solve is a chain of segments, each an ordinary :class:`~neurode.solvers.loops.adaptive.
+The solve is a chain of segments, each an ordinary `
 AdaptiveLoop` run of one method from where the previous one stopped:
 
-1. the explicit method is chosen by ``rtol`` (:data:`BY_TOLERANCE`: tsit5, then vern8; read off the
+1. the explicit method is chosen by ``rtol`` (`BY_TOLERANCE`: tsit5, then vern8; read off the
    work–precision benchmark, ``benchmarks/bench_work_precision.py``);
 2. its accepted steps are watched by Hairer–Shampine's stiffness test
-   (:class:`~neurode.solvers.loops.stiffness.StiffnessTest`); when it fires, the segment ends
+   (`StiffnessTest`); when it fires, the segment ends
    after that step and ``radau`` goes on from its end state;
-3. Radau's steps are watched by :class:`~neurode.solvers.loops.stiffness.NonStiffTest`; when the
+3. Radau's steps are watched by `NonStiffTest`; when the
    problem is no longer stiff, the explicit method takes over again; and so on.
 
 Each segment starts its method afresh (its initial-step heuristic, its first evaluation), and
@@ -18,7 +18,7 @@ through the very steps taken (a segment's start state is the previous segment's 
 ``odeint_adjoint`` runs ``auto`` forward and, by default, on the backward augmented system.
 
 Per-sample solves are given the explicit method of their tolerance by the front door
-(:func:`~neurode.solvers.problem.make_problem`; Radau is a joint-only method), so they run, and
+(`make_problem`; Radau is a joint-only method), so they run, and
 differentiate by the per-sample adjoint, as that method; the checkpointed and reversible
 adjoints, which replay one stepper, refuse ``auto`` with a clear error.
 """
@@ -61,7 +61,7 @@ def _sub_problem(pb: Problem, name: str, s: float, y, t_out: list[float], steps_
 def run_auto(pb: Problem, *, record: str | None = None, quad=None,
              event_fn=None) -> LoopResult:
     """Solve ``pb`` with ``method="auto"`` (module docstring); the arguments as for
-    :func:`neurode.solvers.api.integrate`."""
+    `neurode.solvers.api.integrate`."""
     if quad is not None:
         raise InvalidInputError("method 'auto' does not integrate quadratures")
     if record in ("steps", "times"):

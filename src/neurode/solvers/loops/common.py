@@ -1,6 +1,6 @@
 """What both loops share: the result of a solve, failure reports, callbacks.
 
-Statuses are :class:`~neurode.errors.Status` codes per row; a failure is turned into the named
+Statuses are [`Status`][neurode.Status] codes per row; a failure is turned into the named
 exception (with the user's time and step) only when the caller asks for it.
 """
 

@@ -3,15 +3,15 @@
 The event function is evaluated at the end of each accepted step; a sign change between a step's
 ends is located by the Illinois variant of regula falsi on that step's own dense output, to full
 floating-point resolution of time. The solve stops at the first event; hybrid solves
-(:mod:`neurode.gradients.hybrid`) go on from there.
+(`neurode.gradients.hybrid`) go on from there.
 
 Two kinds of event function:
 
 * a plain callable (torchdiffeq's ``odeint_event``): several values (a tensor) are combined as
   torchdiffeq does — each made positive at ``t0``, the minimum tracked — so any crossing stops;
-* an :class:`EventSpec`: each of its ``E`` functions counts only crossings in its own direction
+* an `EventSpec`: each of its ``E`` functions counts only crossings in its own direction
   (+1 rising, −1 falling, 0 both) and the watcher reports which one fired first
-  (:attr:`EventSpec.which`). A function exactly zero at the start (a state just reset onto its
+  (`EventSpec.which`). A function exactly zero at the start (a state just reset onto its
   surface) is not watched until a step end gives it a sign.
 """
 
@@ -59,7 +59,7 @@ def illinois(g, a: float, b: float, ga: float, gb: float) -> float:
 
 
 class EventSpec:
-    """``E`` event functions with directions, for :class:`EventWatcher`.
+    """``E`` event functions with directions, for `EventWatcher`.
 
     ``fn(t, y)`` returns ``E`` values (any shape with ``E`` elements); ``direction`` is a tuple of
     ``E`` entries in {−1, 0, +1}; ``active`` (optional) a tuple of ``E`` bools, the functions
@@ -136,7 +136,7 @@ class EventWatcher:
 
     def combined(self, s: float, y: Tensor) -> Tensor:
         """The combined event function at ``(s, y)`` as a 0-d tensor (no host read); with an
-        :class:`EventSpec`, all ``E`` values ``(E,)``."""
+        `EventSpec`, all ``E`` values ``(E,)``."""
         if self.spec is not None:
             return self._raw(s, y)
         return (self._raw(s, y) * self.signs).min()

@@ -2,10 +2,10 @@
 
 Two strategies, one per kind of solve:
 
-* :class:`HostOutputs` (joint solves): steps are never shortened to hit output times; after each
+* `HostOutputs` (joint solves): steps are never shortened to hit output times; after each
   host check the loop hands over the accepted steps, and the outputs each one covers are
   interpolated with floats known on the host (a few matrix products per step that covers any).
-* :class:`DeviceOutputs` (per-sample solves): each sample's outputs fall in different steps, so a
+* `DeviceOutputs` (per-sample solves): each sample's outputs fall in different steps, so a
   window of ``W`` outputs per row is interpolated and scattered on the device at every step, and
   steps are shortened so that none covers more than ``W`` outputs.
 """

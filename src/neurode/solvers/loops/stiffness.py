@@ -1,16 +1,16 @@
-"""Stiffness tests on accepted steps, for ``method="auto"`` (:mod:`neurode.solvers.loops.auto`).
+"""Stiffness tests on accepted steps, for ``method="auto"`` (`neurode.solvers.loops.auto`).
 
 Both tests watch ``h|λ|``, the step times the dominant eigenvalue of the Jacobian along the
 solution, against the stability boundary ``β`` of the explicit method (its stability interval
-is ``[−β, 0]``, :attr:`~neurode.solvers.tableau.ButcherTableau.stability_boundary`):
+is ``[−β, 0]``, [`stability_boundary`][neurode.ButcherTableau.stability_boundary]):
 
-* :class:`StiffnessTest` (explicit steps; Hairer & Wanner, *Solving ODEs II*, IV.2, as in
+* `StiffnessTest` (explicit steps; Hairer & Wanner, *Solving ODEs II*, IV.2, as in
   DOPRI5's ``nstiff``): ``h|λ| ≈ h‖f(Y_j) − f(Y_i)‖ / ‖Y_j − Y_i‖`` from two stages at the same
   node, free of evaluations. A step-size controller held back by stability keeps ``h|λ|`` at
   ``β``; an accuracy-limited one stays below it. The problem is called stiff after
   ``n_stiff = 15`` tested steps with ``h|λ| > 0.98 β`` with no run of ``n_clear = 6`` steps
   below it in between (every 8th accepted step is tested until one looks stiff, then every one).
-* :class:`NonStiffTest` (Radau steps): ``|λ|`` from a few power iterations on the Jacobian the
+* `NonStiffTest` (Radau steps): ``|λ|`` from a few power iterations on the Jacobian the
   implicit stepper already holds; the problem is non-stiff again after ``n_stiff`` consecutive
   accepted steps with ``h|λ| < β / 2`` (the explicit method would be stable at half its
   boundary at the implicit method's own steps; the margin keeps the switch from chattering).
@@ -108,7 +108,7 @@ def spectral_radius(J: Tensor, iters: int = 12) -> float:
 class NonStiffTest:
     """Is the problem non-stiff again, on Radau's accepted steps (module docstring)?
 
-    ``stepper`` is the :class:`~neurode.solvers.steppers.irk.Radau` stepper (its Jacobian
+    ``stepper`` is the `Radau` stepper (its Jacobian
     ``J``, refreshed as Newton needs, is read after each window); ``beta`` the stability
     boundary of the explicit method to switch back to. Without a dense Jacobian (Krylov Newton)
     the test never fires.

@@ -1,4 +1,4 @@
-"""Steppers: one method family each, one interface (see :mod:`neurode.solvers.steppers.base`)."""
+"""Steppers: one method family each, one interface (see `neurode.solvers.steppers.base`)."""
 
 from neurode.solvers.steppers.adams import Adams
 from neurode.solvers.steppers.alf import ALF

@@ -11,7 +11,7 @@ of ``(z, v)`` with the algebraic inverse
     z_½ = z₁ − v₁·h/2,  u = f(t + h/2, z_½),    v = (v₁ − 2ηu)/(1 − 2η),  z = z_½ − v·h/2
 
 (``v = 2u − v₁`` for ``η = 1``), at one evaluation of ``f`` either way. This is what lets
-:func:`neurode.odeint_reversible` rebuild the trajectory backwards from the final state alone.
+[`neurode.odeint_reversible`][] rebuild the trajectory backwards from the final state alone.
 ``η`` must lie in ``(½, 1]``: ``η = ½`` forgets ``v`` and has no inverse.
 
 Accuracy. With ``v = f(z)`` the step is the explicit midpoint rule, second order for ``η = 1``;

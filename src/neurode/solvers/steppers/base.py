@@ -2,7 +2,7 @@
 
 A stepper knows one method and owns no loop. From ``(s, ds, y, carry)`` (internal forward time
 ``s``, step ``ds``, both ``(B,)`` float64, and the ``(B, N)`` state) its ``step`` returns a
-:class:`StepOut`: the proposed state, its error estimate, what its dense output needs and the
+`StepOut`: the proposed state, its error estimate, what its dense output needs and the
 carry it proposes for the next step (FSAL stage, ALF's ``v``); ``commit`` merges the carry on
 acceptance and ``interpolate`` evaluates its own dense output. The loop evaluates the error norm
 and runs the controller.

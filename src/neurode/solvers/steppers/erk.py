@@ -1,5 +1,5 @@
 """The one explicit Runge–Kutta stepper, driven by a
-:class:`~neurode.solvers.tableau.ButcherTableau`.
+[`ButcherTableau`][neurode.ButcherTableau].
 
 With the step size a tensor (device decisions, per-sample solves), the stages of a step live in
 a stage-major buffer ``K`` of shape ``(S_d, B, N)`` (``S_d`` dense stages: the method's stages,
@@ -15,7 +15,7 @@ The same few operations serve every tableau and every row. While nothing in the 
 tracked by autograd the loop reuses a ring of buffers whose slices are made once; once a stage
 value requires grad each step gets a fresh buffer (the in-place stage writes are then recorded,
 and no saved input is overwritten). With the step size a host float the stages are a list of
-tensors instead (:class:`HostStages`).
+tensors instead (`HostStages`).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class StageBuffer:
     """A stage-major buffer ``K`` of shape ``(S_d, B, N)`` (module docstring).
 
     ``views``: its slices are made once (a buffer the loop reuses, outside autograd). Otherwise
-    the in-place stage writes are recorded by autograd and :meth:`col` and :meth:`put` slice
+    the in-place stage writes are recorded by autograd and `col` and `put` slice
     afresh. Stage values may be written in the user's shape (simple states).
     """
 

@@ -1,12 +1,12 @@
 """Implicit Runge–Kutta steppers: any implicit tableau on a fixed grid, and adaptive Radau IIA(5).
 
-A method is an :class:`~neurode.solvers.tableau.ImplicitTableau` (data only); one Newton stage
-solver (:mod:`neurode.solvers.steppers.newton`) serves them all. Gradients do not unroll the
+A method is an `ImplicitTableau` (data only); one Newton stage
+solver (`neurode.solvers.steppers.newton`) serves them all. Gradients do not unroll the
 Newton iterations: the converged stages are differentiated by the implicit function theorem
-(:func:`~neurode.solvers.steppers.newton.attach_ift`), exact for the discrete scheme at the cost of
+(`attach_ift`), exact for the discrete scheme at the cost of
 ``s`` Jacobians per step, and only when a gradient is wanted.
 
-:class:`Radau` is Radau IIA of order 5 with the error estimate of Hairer & Wanner (*Solving ODEs
+`Radau` is Radau IIA of order 5 with the error estimate of Hairer & Wanner (*Solving ODEs
 II*, IV.8), refined once through ``f(y₀ + err)`` after a rejection (which keeps it bounded for
 stiff components); its estimate behaves like ``O(h⁴)`` (``error_order = 4``). Its Jacobian is kept
 across steps while Newton contracts fast, and Newton starts from the previous step's collocation

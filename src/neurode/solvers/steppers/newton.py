@@ -170,7 +170,7 @@ class StageSolver:
               K0: Tensor | None = None) -> tuple[Tensor, int, float]:
         """Newton from ``K0`` (default: ``f0`` per stage); ``(K, iterations, rate)``.
 
-        Raises :class:`NewtonFailedError`. ``exact=False``: simplified Newton with one Jacobian
+        Raises `NewtonFailedError`. ``exact=False``: simplified Newton with one Jacobian
         ``J`` at ``(t0, y)`` for all stages (one LU per step size). ``exact=True``: full Newton,
         the stage Jacobians re-evaluated at every iterate (the fallback of fixed grids, whose
         step cannot shrink when the frozen Jacobian is a poor model).

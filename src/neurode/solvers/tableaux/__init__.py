@@ -1,5 +1,6 @@
-"""Every tableau neurode ships, by name: :data:`TABLEAUX` (explicit) and
-:data:`IMPLICIT_TABLEAUX`. Adding an explicit method is a tableau here plus a registry line."""
+"""Every tableau neurode ships, by name: [`TABLEAUX`][neurode.TABLEAUX] (explicit) and
+[`IMPLICIT_TABLEAUX`][neurode.solvers.IMPLICIT_TABLEAUX]. Adding an explicit method is a tableau
+here plus a registry line."""
 
 from neurode.solvers.tableau import ButcherTableau, ImplicitTableau
 from neurode.solvers.tableaux._poly import hermite_dense

@@ -12,8 +12,8 @@ extra stages (13–15) evaluated only for dense output. Hairer writes the interp
     y(t0 + θh) = y0 + θ(r1 + (1−θ)(r2 + θ(r3 + (1−θ)(r4 + θ(r5 + (1−θ)(r6 + θ r7))))))
 
 with ``r1 = Δy = hΣ b_j k_j``, ``r2 = h k_0 − Δy``, ``r3 = 2Δy − h(k_0 + k_12)`` and
-``r4..r7 = h Σ_j d[m][j] k_j``. :func:`_dense_polys` expands this into the per-stage polynomials
-``b_j(θ)`` that :class:`~neurode.solvers.tableaux.ButcherTableau` stores.
+``r4..r7 = h Σ_j d[m][j] k_j``. `_dense_polys` expands this into the per-stage polynomials
+``b_j(θ)`` that [`ButcherTableau`][neurode.ButcherTableau] stores.
 
 Error estimates: ``b_error`` is ``b − b̂₅`` (embedded 5th-order weights) and ``b_error_low`` is
 ``b − b̂₃`` (3rd-order weights on stages 0, 8, 11). Hairer's combined estimate

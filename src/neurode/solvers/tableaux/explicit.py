@@ -3,7 +3,7 @@
 Coefficients are from the original papers: Dormand & Prince (1980) for dopri5 with
 Shampine's/Hairer's dense output (Hairer, Nørsett & Wanner, *Solving ODEs I*, II.6), Tsitouras
 (2011) for tsit5, Bogacki & Shampine (1989) for bosh3, Fehlberg (1969) for fehlberg2. DOP853 is in
-:mod:`neurode.solvers.tableaux.dop853`. See :mod:`neurode.solvers.tableau` for the layout.
+`neurode.solvers.tableaux.dop853`. See `neurode.solvers.tableau` for the layout.
 """
 
 from __future__ import annotations

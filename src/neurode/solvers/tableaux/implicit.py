@@ -3,7 +3,7 @@
 Radau IIA, Gauss–Legendre, SDIRK2 and TR-BDF2 from Hairer & Wanner, *Solving ODEs II*, IV.5 and
 IV.6; TR-BDF2 in its RK form (Hosea & Shampine 1996). The error estimate of the adaptive
 ``radau`` method (Hairer & Wanner IV.8): ``err = (I − hγ₀J)⁻¹ (γ₀ h f(y₀) + Σ eᵢ Zᵢ)`` with
-``1/γ₀ = 3 + 3^{2/3} − 3^{1/3}`` (:data:`RADAU_MU`) and ``e`` (:data:`RADAU_E`) scaled by ``γ₀``.
+``1/γ₀ = 3 + 3^{2/3} − 3^{1/3}`` (`RADAU_MU`) and ``e`` (`RADAU_E`) scaled by ``γ₀``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ The numbers are the doubles nearest to Verner's published coefficients. Stage in
 then the stages only the interpolant needs. Each ``_A`` row ``i`` (from 1) maps the columns of
 its non-zero entries to ``a_ij``; ``_B`` are the weights of ``y1``, ``_E = b − b̂`` those of the
 local error estimate, ``_DENSE[j]`` the coefficients of ``θ, θ², …`` in ``b_j(θ)``.
-:mod:`tests.test_tableaux` checks every order condition of each (``y1``, ``b̂`` and the
+`tests.test_tableaux` checks every order condition of each (``y1``, ``b̂`` and the
 interpolant at several ``θ``).
 
 Notes. vern6 is FSAL (stage 8 is ``f(t0 + h, y1)``). vern7–vern9 are not: their last stages at
@@ -27,7 +27,8 @@ __all__ = ["VERN6", "VERN7", "VERN8", "VERN9"]
 
 def _verner(name: str, order: int, stages: int, fsal: bool, c, a_rows, b, e, dense,
             dense_order: int) -> ButcherTableau:
-    """The :class:`ButcherTableau` of one pair from its sparse tables (module docstring)."""
+    """The [`ButcherTableau`][neurode.ButcherTableau] of one pair from its sparse tables (module
+    docstring)."""
     S, n = stages, len(c)
     assert len(a_rows) == n - 1 and max(e) < S + (0 if fsal else 1)
 
