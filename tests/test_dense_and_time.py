@@ -580,3 +580,31 @@ def test_custom_norm_receives_the_tuple_structure():
                                atol=0)
     torch.testing.assert_close(vs[-1], torch.full((4,), math.e - 1, dtype=F64), rtol=1e-8,
                                atol=0)
+
+
+# the adaptive explicit methods of order >= 3 (the second-order ones need ~10^4 steps at 1e-9;
+# the mechanism at fault, the outputs' emission, is shared by all)
+_ADAPTIVE_EXPLICIT = sorted(n for n, s in neurode.METHODS.items()
+                            if s.adaptive and s.per_sample and n != "auto" and s.order >= 3)
+
+
+@pytest.mark.parametrize("decisions", ["host", "device"])
+@pytest.mark.parametrize("method", _ADAPTIVE_EXPLICIT)
+def test_last_output_is_written_when_the_step_end_rounds_below_it(method, decisions):
+    """A bouncing ball's flight from one impact to the next: the last step lands on t[-1], but
+    its start plus its size rounds to one unit below t[-1]. The output there was once left
+    unwritten (NaN) while the solve reported success."""
+    g, v0 = 9.81, 12.51982848241895
+    t = torch.tensor([1.4278431229270654, 3.980305606600655], dtype=torch.float64)
+
+    def f(t, y):
+        return torch.stack([y[1], torch.full_like(y[1], -g)])
+
+    y0 = torch.tensor([0.0, v0], dtype=torch.float64)
+    sol = neurode.solve_ivp(f, y0, t, method=method, rtol=1e-9, atol=1e-9,
+                            options={"decisions": decisions})
+    assert sol.status == 0
+    s = float(t[1] - t[0])
+    exact = torch.tensor([v0 * s - g * s * s / 2, v0 - g * s], dtype=torch.float64)
+    assert torch.isfinite(sol.ys).all()
+    torch.testing.assert_close(sol.ys[-1], exact, rtol=0, atol=1e-6)

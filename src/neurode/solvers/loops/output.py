@@ -43,14 +43,21 @@ class HostOutputs:
         return self.i < len(self.t_out) and self.t_out[self.i] <= t1
 
     def emit(self, s0: float, ds: float, y: Tensor, y1: Tensor, dense, field) -> None:
-        """Emit the outputs in ``(s0, s0 + ds]`` from an accepted step (no-op if none)."""
+        """Emit the outputs in ``(s0, s0 + ds]`` from an accepted step (no-op if none).
+
+        The loop lands a step exactly on an output time ``t_k`` (the last one above all) and
+        hands over its start and size, but ``s0 + (t_k − s0)`` can round to a float one unit
+        below ``t_k``: the end is therefore taken to cover outputs within a few units of it,
+        and such an output gets ``y1`` itself (else the last output of a solve that reached
+        ``t[-1]`` would be left unwritten)."""
         t1 = s0 + ds
-        if not self.covers(t1):
+        slack = 4 * _EPS * max(abs(s0), abs(t1))
+        if not self.covers(t1 + slack):
             return
         t_out = self.t_out
-        j = bisect.bisect_right(t_out, t1, self.i)
+        j = bisect.bisect_right(t_out, t1 + slack, self.i)
         thetas = [(to - s0) / ds for to in t_out[self.i:j]]
-        exact_end = t_out[j - 1] == t1
+        exact_end = abs(t_out[j - 1] - t1) <= slack
         if exact_end:
             thetas.pop()
         if thetas:
