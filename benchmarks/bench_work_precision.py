@@ -312,6 +312,24 @@ def summarize(res: dict) -> dict:
     return summary
 
 
+def class_curve(cases: list[dict], cls: str, lib: str, method: str,
+                xkey: str = "nfe") -> tuple[np.ndarray, np.ndarray]:
+    """One method's work–precision curve over a problem class: per tolerance, the geometric
+    means over the class's problems of ``xkey`` ("nfe" or "wall") and of the error."""
+    pts = []
+    for tol in sorted({c["tol"] for c in cases}, reverse=True):
+        cs = [c for c in cases if c["class"] == cls and c["lib"] == lib
+              and c["method"] == method and c["tol"] == tol]
+        if cs:
+            le = np.mean([math.log10(max(c["error"], 1e-16)) for c in cs])
+            lw = np.mean([math.log10(max(c[xkey], 1e-6)) for c in cs])
+            pts.append((lw, le))
+    if not pts:
+        return np.array([]), np.array([])
+    xs, ys = zip(*pts, strict=True)
+    return 10 ** np.array(xs), 10 ** np.array(ys)
+
+
 def plot(res: dict, path: Path) -> None:
     import matplotlib
     import matplotlib.ticker
@@ -332,19 +350,10 @@ def plot(res: dict, path: Path) -> None:
         for row, xkey in enumerate(("nfe", "wall")):
             ax = axes[row, col]
             for i, (lib, m) in enumerate(keys):
-                # mean over the class's problems of log error and log work, per tolerance
-                pts = []
-                for tol in sorted({c["tol"] for c in cases}, reverse=True):
-                    cs = [c for c in cases if c["class"] == cls and c["lib"] == lib
-                          and c["method"] == m and c["tol"] == tol]
-                    if cs:
-                        le = np.mean([math.log10(max(c["error"], 1e-16)) for c in cs])
-                        lw = np.mean([math.log10(max(c[xkey], 1e-6)) for c in cs])
-                        pts.append((lw, le))
-                if pts:
-                    xs, ys = zip(*pts, strict=True)
-                    ax.plot(10 ** np.array(xs), 10 ** np.array(ys), color=colors(i % 20),
-                            label=f"{lib} {m}", ms=3, lw=1.2, **styles[(lib, m)])
+                xs, ys = class_curve(cases, cls, lib, m, xkey)
+                if len(xs):
+                    ax.plot(xs, ys, color=colors(i % 20), label=f"{lib} {m}", ms=3, lw=1.2,
+                            **styles[(lib, m)])
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

@@ -22,6 +22,7 @@ import neurode
 G = 9.81
 
 
+# --8<-- [start:hybrid]
 def gravity(t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
     return torch.stack([state[1], torch.full_like(state[1], -G)])
 
@@ -41,6 +42,7 @@ def impact_times(e: torch.Tensor, bounces: int, adjoint: bool = False) -> torch.
                                 stop_after=bounces, rtol=1e-9, atol=1e-9, adjoint=adjoint,
                                 adjoint_params=(e,) if adjoint else None)
     return sol.event_t
+# --8<-- [end:hybrid]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     e_true = torch.tensor(0.8, dtype=torch.float64)
     with torch.no_grad():
         observed = impact_times(e_true, args.bounces)
+    # --8<-- [start:fit]
     e = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([e], lr=0.1)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.iters)
@@ -63,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         loss.backward()
         opt.step()
         sched.step()
+        # --8<-- [end:fit]
         if it % 10 == 0 or it == args.iters - 1:
             print(f"iter {it:3d}  loss {loss.item():.3e}  e {e.item():.5f}")
     print(f"observed impact times: {[round(x, 4) for x in observed.tolist()]}")

@@ -30,6 +30,7 @@ def main() -> dict[str, float]:
     t = torch.linspace(0.0, 2.0, 11, dtype=dt)
     errors: dict[str, float] = {}
 
+    # --8<-- [start:polynomial]
     # 1. dz/dt = t: z(t) = t^2 / 2
     for label, method, options in (("rk4", "rk4", {"step_size": 0.25}),
                                    ("rk4 cubic", "rk4", {"step_size": 0.25, "interp": "cubic"}),
@@ -39,7 +40,9 @@ def main() -> dict[str, float]:
         err = (sol.ys[:, 0] - t**2 / 2).abs().max().item()
         errors[f"dz/dt=t {label}"] = err
         print(f"dz/dt = t          {label:9s} max error {err:.2e}   nfe {sol.stats.nfe}")
+    # --8<-- [end:polynomial]
 
+    # --8<-- [start:decay]
     # 2. a batch of decays dz/dt = -k z: z(t) = z0 exp(-k t)
     k = torch.tensor([0.5, 1.0, 3.0], dtype=dt)
     z0 = torch.tensor([1.0, 2.0, -1.0], dtype=dt)
@@ -50,7 +53,9 @@ def main() -> dict[str, float]:
         err = (sol.ys - exact).abs().max().item()
         errors[f"decay {method}"] = err
         print(f"dz/dt = -k z       {method:9s} max error {err:.2e}   nfe {sol.stats.nfe}")
+    # --8<-- [end:decay]
 
+    # --8<-- [start:backwards]
     # 3. backwards in time: start from the exact z(2) and recover z(0)
     t_back = t.flip(0)
     z2 = z0 * torch.exp(-2.0 * k)
@@ -58,6 +63,7 @@ def main() -> dict[str, float]:
     err = (zs - exact.flip(0)).abs().max().item()
     errors["decay backwards dopri5"] = err
     print(f"backwards 2 -> 0   dopri5    max error {err:.2e}   z(0) = {zs[-1].tolist()}")
+    # --8<-- [end:backwards]
     return errors
 
 

@@ -26,6 +26,7 @@ import neurode
 from neurode.nn import SecondOrderFunc
 
 
+# --8<-- [start:spring]
 class Spring(nn.Module):
     """The acceleration of a damped spring; ω is a trainable parameter."""
 
@@ -36,6 +37,7 @@ class Spring(nn.Module):
 
     def forward(self, t: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return -self.omega**2 * x - 2 * self.zeta * self.omega * v
+# --8<-- [end:spring]
 
 
 def exact_position(t: torch.Tensor, x0: float, v0: float, omega: torch.Tensor,
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--zeta", type=float, default=0.1, help="damping ratio, in [0, 1)")
     p.add_argument("--t-end", type=float, default=10.0)
     args = p.parse_args(argv)
+    # --8<-- [start:solve]
     x0, v0 = 1.0, 0.0
     t = torch.linspace(0.0, args.t_end, 101, dtype=torch.float64)
     y0 = torch.tensor([x0, v0], dtype=torch.float64)  # [x, v]: a 1-D state, so dim=0
@@ -63,7 +66,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     exact = exact_position(t, x0, v0, spring.omega.detach(), args.zeta)
     out["position error"] = (ys[:, 0] - exact).abs().max().item()
     print(f"max |x(t) - exact| on [0, {args.t_end:g}]: {out['position error']:.2e}")
+    # --8<-- [end:solve]
 
+    # --8<-- [start:gradient]
     # d x(T) / d omega: backprop, adjoint, closed form
     omega = spring.omega
     reference, = torch.autograd.grad(exact_position(t[-1], x0, v0, omega, args.zeta), omega)
@@ -73,7 +78,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         out[f"d/domega {name}"] = abs(g.item() - reference.item()) / abs(reference.item())
         print(f"dx(T)/dω by {name:8s}: {g.item():+.10f}  (closed form {reference.item():+.10f},"
               f" rel. error {out[f'd/domega {name}']:.1e})")
+    # --8<-- [end:gradient]
 
+    # --8<-- [start:energy]
     # energy without damping, over ~30 periods
     free = SecondOrderFunc(Spring(args.omega, 0.0), dim=0)
     tt = torch.linspace(0.0, 30 * 2 * math.pi / args.omega, 300, dtype=torch.float64)
@@ -81,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     energy = 0.5 * (ys[:, 1] ** 2 + args.omega**2 * ys[:, 0] ** 2)
     out["energy drift"] = (energy - energy[0]).abs().max().item() / energy[0].item()
     print(f"undamped, 30 periods with dopri8: relative energy drift {out['energy drift']:.1e}")
+    # --8<-- [end:energy]
     return out
 
 

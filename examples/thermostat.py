@@ -21,6 +21,7 @@ import neurode
 K, T_OUT, T_LOW, T_HIGH = 0.3, 5.0, 19.0, 21.0
 
 
+# --8<-- [start:hybrid]
 def switching_times(power: torch.Tensor, hours: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(times, which)`` of every switch in ``[0, hours]``, starting at 18 °C with the heater on
     (which = 0: off at T_high, 1: on at T_low)."""
@@ -39,6 +40,7 @@ def switching_times(power: torch.Tensor, hours: float) -> tuple[torch.Tensor, to
                                 event_fn=thresholds, direction=(+1, -1), reset=switch,
                                 rtol=1e-9, atol=1e-9)
     return sol.event_t, sol.event_index
+# --8<-- [end:hybrid]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(observed)} switches; first: "
           + ", ".join(f"{'off' if w == 0 else 'on'} {t:.3f} h"
                       for t, w in zip(observed[:4].tolist(), which[:4].tolist(), strict=True)))
+    # --8<-- [start:fit]
     power = torch.tensor(6.5, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.SGD([power], lr=1.0)  # the loss is nearly quadratic in P
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.iters)
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         loss.backward()
         opt.step()
         sched.step()
+        # --8<-- [end:fit]
         if it % 10 == 0 or it == args.iters - 1:
             print(f"iter {it:3d}  loss {loss.item():.3e}  P {power.item():.4f}")
     print(f"learned heater power P = {power.item():.4f} (true 8.0)")

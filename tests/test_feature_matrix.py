@@ -174,6 +174,14 @@ def test_hybrid_events_directions_and_resets(method):
     t = torch.tensor([0.0, 13.0], dtype=F64)
     opts = _options(method) or None
     tol = max(_tol(method, F64), 1e-6)
+    spec = neurode.METHODS[method]
+    if "newton" in spec.families and not spec.adaptive:
+        # implicit fixed grids: each step is a Newton solve, and every segment is solved twice
+        # (search, then the differentiable solve), so a 5x coarser grid keeps this test cheap;
+        # the tolerance is that grid's O(h^p) error (cubic output between grid points, whose
+        # O(h^4) error stays below it)
+        opts = {"step_size": 5 * H, "interp": "cubic"}
+        tol = max((5 * H) ** spec.order, 1e-6)
     if method == "fehlberg2":  # its global error is ~10³ × rtol (test_convergence.py explains)
         tol *= 30
 
