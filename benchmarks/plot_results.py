@@ -80,7 +80,8 @@ def work_precision(results: Path, out: Path) -> Path:
     for c in cases:
         if (c["lib"], c["method"]) not in keys:
             keys.append((c["lib"], c["method"]))
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4.6), sharey=True)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 10), sharey=True)
+    axes = axes.ravel()
     for ax, (cls, title) in zip(axes, groups, strict=True):
         for lib, m in keys:
             xs, ys = class_curve(cases, cls, lib, m, "nfe")
@@ -93,12 +94,13 @@ def work_precision(results: Path, out: Path) -> Path:
         ax.grid(True, which="major", alpha=0.3)
         ax.set_title(title)
         ax.set_xlabel("function evaluations (fewer is better)")
-    axes[0].set_ylabel("error at the final time (lower is better)")
+    for ax in axes[::2]:
+        ax.set_ylabel("error at the final time (lower is better)")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8.5, frameon=False)
-    fig.suptitle("Work–precision, float64, rtol = atol = 1e-3 … 1e-12 — "
-                 "work_precision.json (solid: neurode, dotted: torchdiffeq, dashed: SciPy)")
-    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=9, frameon=False)
+    fig.suptitle("Work–precision, float64, rtol = atol = 1e-3 … 1e-12 — work_precision.json\n"
+                 "solid: neurode, dotted: torchdiffeq 0.2.5, dashed: SciPy")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     path = out / "bench_work_precision.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
