@@ -2,8 +2,8 @@
 
 "Public" is every name in the ``__all__`` of :mod:`neurode`, ``neurode.solvers``,
 ``neurode.nn`` and ``neurode.data``. Each must appear in a ``::: identifier`` block of an API
-reference page, have a docstring, and every parameter of a public function or class
-constructor must be described in its docstring's ``Args:`` section.
+reference page, have a docstring, and every parameter of a public function, class constructor
+or public method must be described in its docstring's ``Args:`` section.
 """
 
 from __future__ import annotations
@@ -59,6 +59,14 @@ def missing_parameters(obj: object) -> list[str]:
     return missing
 
 
+def public_methods(obj: object) -> list[tuple[str, object]]:
+    """The public methods a class defines itself (``forward`` included: it is the call)."""
+    if not inspect.isclass(obj):
+        return []
+    return [(name, m) for name, m in vars(obj).items()
+            if not name.startswith("_") and inspect.isfunction(m)]
+
+
 def on_page_markdown(markdown: str, page, config, files):
     _documented.update(_DIRECTIVE.findall(markdown))
     return markdown
@@ -76,3 +84,9 @@ def on_post_build(config):
             log.warning("public name %s has no docstring", path)
         for p in missing_parameters(obj):
             log.warning("public name %s: parameter %r is not described under Args:", path, p)
+        for name, method in public_methods(obj):
+            if not (method.__doc__ or "").strip():
+                log.warning("public method %s.%s has no docstring", path, name)
+            for p in missing_parameters(method):
+                log.warning("public method %s.%s: parameter %r is not described under Args:",
+                            path, name, p)

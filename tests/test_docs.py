@@ -118,9 +118,38 @@ def test_the_docs_hook_finds_undocumented_names_and_parameters(caplog):
             "neurode.data.load_digits"} <= set(objects)
     undocumented = {p: m for p, o in objects.items() if (m := hooks.missing_parameters(o))}
     assert undocumented == {}
+    methods = {f"{p}.{n}": hooks.missing_parameters(m) or not (m.__doc__ or "").strip()
+               for p, o in objects.items() for n, m in hooks.public_methods(o)}
+    assert "neurode.nn.CNF.sample" in methods and "neurode.Solution.evaluate" in methods
+    assert {k: v for k, v in methods.items() if v} == {}
     # a build that saw no '::: name' block reports every public name
     hooks._documented.clear()
     with caplog.at_level("WARNING", logger="mkdocs.plugins.neurode"):
         hooks.on_post_build({})
     reported = {r.args[0] for r in caplog.records if "no '::: " in r.getMessage()}
     assert reported == set(objects)
+
+
+def test_lists_and_tables_start_after_a_blank_line():
+    """Python-Markdown (unlike GitHub) runs a list or a table that directly follows a line of
+    text into that paragraph: the page then shows '- a - b' as one run of text."""
+    starts = re.compile(r"^(- |\* |\d+\. |\|)")
+    for page in DOCS.rglob("*.md"):
+        fence = False
+        prev = ""
+        for n, line in enumerate(page.read_text().split("\n"), start=1):
+            if line.lstrip().startswith("```"):
+                fence = not fence
+            if not fence and starts.match(line) and prev.strip() and not prev.startswith(" ") \
+                    and not starts.match(prev) and not prev.startswith(("<", "!!!", "===")):
+                pytest.fail(f"{page.relative_to(ROOT)}:{n}: a list or table right after text")
+            prev = line
+
+
+def test_pages_hold_no_control_characters():
+    """A tab or other control character in a page is a mangled escape (``\\t`` of ``\\text``
+    written through a Python string once broke a formula this way)."""
+    for page in DOCS.rglob("*.md"):
+        for n, line in enumerate(page.read_text().split("\n"), start=1):
+            bad = [c for c in line if ord(c) < 32]
+            assert not bad, f"{page.relative_to(ROOT)}:{n}: control character {bad[0]!r}"

@@ -501,3 +501,25 @@ def test_spiral_fitting_loss_falls_tenfold():
     with torch.no_grad():
         last = batch_loss(torch.arange(0, 90, 3)).item()
     assert last < first / 10, (first, last)
+
+
+def test_gru_baseline_extrapolates_from_one_observation_and_refuses_to_score_it():
+    from neurode.nn import GRUBaseline
+
+    torch.manual_seed(0)
+    g = GRUBaseline(2, 8)
+    x, t = torch.randn(3, 1, 2), torch.zeros(3, 1)
+    out = g.extrapolate(x, t, torch.ones(3, 2))
+    assert out.shape == (3, 2, 2) and torch.isfinite(out).all()
+    assert g.extrapolate(x, t, torch.ones(3, 0)).shape == (3, 0, 2)
+    with pytest.raises(neurode.InvalidInputError, match="at least 2 observations"):
+        g.loss(x, t)
+    with pytest.raises(neurode.InvalidInputError, match="t_new must be"):
+        g.extrapolate(x, t, torch.ones(2))
+
+
+def test_time_input_layers_raise_the_named_input_error():
+    from neurode.nn import ConcatLinear
+
+    with pytest.raises(neurode.InvalidInputError, match=r"t must be 0-d or of shape \(2,\)"):
+        ConcatLinear(3, 4)(torch.zeros(3), torch.randn(2, 3))

@@ -356,3 +356,10 @@ def test_checker_detects_a_perturbed_coefficient():
     A = _stage_matrix(tab)
     A[8, 5] *= 1 + 1e-10
     assert _condition_failures(A, tab.b, tab.order)
+
+
+def test_an_inconsistent_user_tableau_raises_the_named_input_error():
+    from neurode.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="b has 1 entries for 2 stages"):
+        ButcherTableau(name="bad", order=2, c=(0.0, 1.0), a=((), (1.0,)), b=(1.0,))

@@ -149,6 +149,27 @@ class ODEBlock(nn.Module):
         return self.func.nfe - self._nfe_after_forward
 
     def forward(self, x: Tensor) -> Tensor:
+        """Solve from ``z(t0) = x`` (zero-padded with ``augment_dim`` channels) to ``t1``.
+
+        The times are made in ``x``'s (real) dtype and on its device. Sets `nfe_forward` and,
+        with a non-zero ``kinetic_weight`` or ``jacobian_weight``, ``regularization`` (a 0-d
+        tensor: the weighted batch mean of the integrated regularisers, to add to the loss;
+        otherwise it keeps its previous value, ``None`` at first).
+
+        Args:
+            x: the initial state, ``(B, C, ...)`` (e.g. ``(B, D)`` features or
+                ``(B, C, H, W)`` feature maps): whatever ``func(t, z)`` accepts. With
+                ``augment_dim > 0`` it needs a batch and a channel dimension (the zeros go on
+                dim 1); the regularisers need a leading batch dimension.
+
+        Returns:
+            ``z(t1)``, ``(B, C + augment_dim, ...)``; with ``return_trajectory=True``, ``z`` at
+                every time of ``t``, ``(T, B, C + augment_dim, ...)``.
+
+        Raises:
+            InvalidInputError: a bad argument of the solver (see [`neurode.odeint`][]).
+            SolverError: the integration failed (a subclass names why).
+        """
         if self.augment_dim:
             pad = x.new_zeros(x.shape[0], self.augment_dim, *x.shape[2:])
             x = torch.cat([x, pad], 1)

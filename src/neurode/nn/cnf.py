@@ -97,11 +97,34 @@ class CNF(nn.Module):
         self.gradient = gradient
 
     def base_log_prob(self, z: Tensor) -> Tensor:
-        """``log N(z; 0, I)`` per sample."""
+        """``log N(z; 0, I)`` per sample: the log-density of the standard normal base.
+
+        Args:
+            z: points of the base space, ``(B, dim)``.
+
+        Returns:
+            ``(B,)`` log-densities in nats, ``−(‖z‖² + dim·log 2π) / 2``.
+        """
         return -0.5 * (z.pow(2).sum(1) + self.dim * math.log(2 * math.pi))
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(z(0), c(0))``: the base point of ``x`` and ``−∫₀^{t1} tr(∂f/∂z) dt``."""
+        """``(z(0), c(0))``: the base point of ``x`` and ``−∫₀^{t1} tr(∂f/∂z) dt``.
+
+        Integrates ``[z, c]`` backwards from ``z(t1) = x``, ``c(t1) = 0`` to ``t = 0`` with the
+        configured solver, trace estimator and gradient method (one Hutchinson probe per
+        call). Differentiable w.r.t. ``x`` and ``func``'s parameters.
+
+        Args:
+            x: data points, ``(B, dim)``; the times are made in its dtype and on its device.
+
+        Returns:
+            ``(z0, c0)``: ``z0`` ``(B, dim)``, the points of the base space that the flow maps
+                to ``x``, and ``c0`` ``(B,)``, the log-density change in nats, so that
+                ``log p(x) = base_log_prob(z0) + c0``.
+
+        Raises:
+            InvalidInputError: ``x`` is not of shape ``(B, dim)``.
+        """
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise InvalidInputError(f"x must be (B, {self.dim}), got {tuple(x.shape)}")
         # one probe per solve, held by this solve's dynamics only: a later pass (an evaluation
@@ -114,19 +137,59 @@ class CNF(nn.Module):
         return zs[-1], cs[-1]
 
     def log_prob(self, x: Tensor) -> Tensor:
-        """``log p(x)`` per sample ``(B,)`` (nats)."""
+        """``log p(x)`` per sample, by the instantaneous change of variables.
+
+        ``base_log_prob(z0) + c0`` with ``(z0, c0) = inverse(x)``; with ``trace="hutchinson"``
+        it is an unbiased estimate (random, one probe per call). Train by minimising
+        ``-log_prob(x).mean()``.
+
+        Args:
+            x: data points, ``(B, dim)``.
+
+        Returns:
+            ``(B,)`` log-densities in nats, differentiable w.r.t. ``func``'s parameters.
+
+        Raises:
+            InvalidInputError: ``x`` is not of shape ``(B, dim)``.
+        """
         z0, c0 = self.inverse(x)
         return self.base_log_prob(z0) + c0
 
     def forward(self, x: Tensor) -> Tensor:
+        """The same as `log_prob`: ``cnf(x)`` is ``log p(x)`` per sample.
+
+        Args:
+            x: data points, ``(B, dim)``.
+
+        Returns:
+            ``(B,)`` log-densities in nats.
+
+        Raises:
+            InvalidInputError: ``x`` is not of shape ``(B, dim)``.
+        """
         return self.log_prob(x)
 
     def sample(self, n: int, *, z0: Tensor | None = None, method: str | None = None,
                options: dict[str, Any] | None = None) -> Tensor:
         """``n`` samples ``(n, dim)``: base draws pushed through the flow (no trace needed).
 
-        ``method``/``options`` override the solver, e.g. ``method="euler",
-        options={"step_size": 0.05}`` for a fixed-step sampler.
+        Solves ``dz/dt = func(t, z)`` forward from ``0`` to ``t1`` by backprop (the constructor's
+        ``gradient`` is not used), so the result carries a graph when grad is enabled: wrap
+        the call in ``torch.no_grad()`` to sample only.
+
+        Args:
+            n: number of samples; ignored when ``z0`` is given.
+            z0: the base points to push, ``(N, dim)`` (default: ``n`` fresh draws from
+                ``N(0, I)`` in the dtype and on the device of ``func``'s first parameter,
+                float32 on the default device for a field without parameters).
+            method: the solver, overriding the constructor's (default None: that one), e.g.
+                ``method="euler", options={"step_size": 0.05}`` for a fixed-step sampler. The
+                constructor's ``rtol``/``atol`` are kept.
+            options: solver options, replacing (not merged with) the constructor's (default
+                None: those).
+
+        Returns:
+            ``x = z(t1)``, ``(n, dim)`` (``(N, dim)`` for a given ``z0``), in ``z0``'s dtype.
         """
         p = next(self.func.parameters(), None)
         if z0 is None:

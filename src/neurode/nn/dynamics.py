@@ -35,6 +35,20 @@ class SecondOrderFunc(nn.Module):
         self.dim = dim
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        """The first-order field ``[v, accel(t, x, v)]`` of the state ``y = [x, v]``.
+
+        Args:
+            t: the time, passed through to ``accel`` unchanged (a 0-d tensor, or ``(B,)`` in
+                per-sample mode).
+            y: the state ``cat([x, v], dim)``, e.g. ``(B, 2n)`` for positions and velocities
+                of size ``n`` with ``dim=1``; ``y.shape[dim]`` must be even.
+
+        Returns:
+            ``dy/dt = cat([v, accel(t, x, v)], dim)``, shaped like ``y``.
+
+        Raises:
+            InvalidInputError: ``y.shape[dim]`` is odd.
+        """
         if y.shape[self.dim] % 2:
             raise InvalidInputError(f"SecondOrderFunc: the state's dim {self.dim} holds [x, v] "
                                     f"and must have even size, got {y.shape[self.dim]}")
@@ -72,11 +86,37 @@ class RegularizedODEFunc(nn.Module):
         self.eps: Tensor | None = None
 
     def resample(self, like: Tensor) -> None:
-        """Draw the Hutchinson noise for the next solve (shape and dtype of ``like``)."""
+        """Draw the Hutchinson noise for the next solve (shape and dtype of ``like``).
+
+        Call it once before each solve (with the initial state), never inside one: ``ε`` must
+        stay fixed for the whole solve. Not needed with ``estimator="exact"`` or
+        ``jacobian=False``.
+
+        Args:
+            like: a tensor shaped like the state ``z`` (usually ``z0``, ``(B, ...)``); ``ε`` is
+                drawn with its shape, dtype and device, from the ``noise`` distribution
+                (standard normal, or ±1 with equal odds).
+        """
         self.eps = draw_noise(self.noise, like)
 
     def forward(self, t: Tensor, state: tuple[Tensor, Tensor, Tensor]
                 ) -> tuple[Tensor, Tensor, Tensor]:
+        """The augmented field: ``f(t, z)`` and the two per-sample regulariser rates.
+
+        Args:
+            t: the time, passed to ``func`` (a 0-d tensor, or ``(B,)`` in per-sample mode).
+            state: ``(z, kinetic, jacobian)``: ``z`` ``(B, ...)`` and the two running integrals,
+                ``(B,)`` each (start them at zeros); only ``z`` is read.
+
+        Returns:
+            ``(f, kinetic_rate, jacobian_rate)``: ``f = func(t, z)`` shaped like ``z``,
+                ``‖f‖²`` ``(B,)`` and ``‖∂f/∂z‖_F²`` ``(B,)`` (exact or Hutchinson's estimate;
+                zeros with ``jacobian=False``), the norms summed over the non-batch dimensions.
+
+        Raises:
+            InvalidInputError: ``estimator="hutchinson"`` (and ``jacobian=True``) but
+                `resample` was not called, or its noise is not shaped like ``f``.
+        """
         z = state[0]
         if not self.jacobian:
             f = self.func(t, z)

@@ -25,7 +25,7 @@ def _time_column(t: Tensor, x: Tensor, trailing: tuple[int, ...]) -> Tensor:
     if t.ndim == 0:
         t = t.expand(B)
     elif t.shape != (B,):
-        raise ValueError(f"t must be 0-d or of shape ({B},) (one time per sample), got "
+        raise InvalidInputError(f"t must be 0-d or of shape ({B},) (one time per sample), got "
                          f"{tuple(t.shape)}")
     return t.view(B, 1, *([1] * len(trailing))).expand(B, 1, *trailing)
 
@@ -46,6 +46,20 @@ class ConcatLinear(nn.Module):
         self.linear = nn.Linear(in_features + 1, out_features, bias=bias)
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        """Apply the linear map to ``[x, t]`` (``t`` appended as the last feature).
+
+        Args:
+            t: the time: a 0-d tensor or Python number (one time for the whole batch), or a
+                ``(B,)`` tensor, one time per sample (per-sample solving); cast to ``x``'s
+                dtype and device.
+            x: the input, ``(B, in_features)``.
+
+        Returns:
+            ``(B, out_features)``, in ``x``'s dtype.
+
+        Raises:
+            InvalidInputError: ``t`` is neither 0-d nor of shape ``(B,)``.
+        """
         return self.linear(torch.cat([x, _time_column(t, x, ())], 1))
 
 
@@ -72,6 +86,21 @@ class ConcatConv2d(nn.Module):
                               bias=bias)
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        """Convolve ``[x, t]``, ``t`` appended as a constant ``(B, 1, H, W)`` channel.
+
+        Args:
+            t: the time: a 0-d tensor or Python number (one time for the whole batch), or a
+                ``(B,)`` tensor, one time per sample (per-sample solving); cast to ``x``'s
+                dtype and device.
+            x: the feature map, ``(B, in_channels, H, W)``.
+
+        Returns:
+            ``(B, out_channels, H', W')`` with ``H' = (H + 2·padding − kernel_size) // stride
+                + 1`` (likewise ``W'``): ``H' = H``, ``W' = W`` with the defaults.
+
+        Raises:
+            InvalidInputError: ``t`` is neither 0-d nor of shape ``(B,)``.
+        """
         return self.conv(torch.cat([x, _time_column(t, x, tuple(x.shape[2:]))], 1))
 
 
@@ -100,6 +129,19 @@ class ConcatMLP(nn.Module):
         self.layers = nn.ModuleList(ConcatLinear(a, b) for a, b in pairwise(widths))
 
     def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        """Evaluate the field: every layer sees ``t``; ``tanh`` between layers, none at the end.
+
+        Args:
+            t: the time: a 0-d tensor or Python number (one time for the whole batch), or a
+                ``(B,)`` tensor, one time per sample (per-sample solving).
+            z: the state, ``(B, dim)``.
+
+        Returns:
+            ``f(t, z)``, ``(B, dim)`` (unbounded: the last map is linear).
+
+        Raises:
+            InvalidInputError: ``t`` is neither 0-d nor of shape ``(B,)``.
+        """
         for k, layer in enumerate(self.layers):
             z = layer(t, z if k == 0 else torch.tanh(z))
         return z
@@ -110,7 +152,8 @@ class ODEFunc(nn.Module):
 
     Either wrap a module (``ODEFunc(net)`` calls ``net(y)``, or ``net(t, y)`` with
     ``time_input=True``) or subclass and override `dynamics`. ``nfe`` counts calls since
-    the last `reset_nfe`; solvers and [`ODEBlock`][neurode.nn.ODEBlock] read it.
+    the last `reset_nfe`: every call, the solver's and the backward pass's alike, for your own
+    accounting (the solvers and [`ODEBlock`][neurode.nn.ODEBlock] count for themselves).
 
     Args:
         net: the module (or any callable) that computes the field; None when a subclass
@@ -127,13 +170,42 @@ class ODEFunc(nn.Module):
         self.nfe = 0
 
     def reset_nfe(self) -> None:
+        """Set the evaluation counter ``nfe`` back to 0 (e.g. before a solve to be counted)."""
         self.nfe = 0
 
     def dynamics(self, t: Tensor, y: Tensor) -> Tensor:
+        """The field itself, without counting: ``net(y)``, or ``net(t, y)`` with ``time_input``.
+
+        Override this (not `forward`) in a subclass, so that evaluations stay counted.
+
+        Args:
+            t: the time, as the solver passes it: a 0-d tensor (a ``(B,)`` tensor in
+                per-sample mode); ignored unless ``time_input=True``.
+            y: the state, any shape ``net`` accepts (for the solvers, ``y0``'s shape).
+
+        Returns:
+            ``dy/dt``, shaped like ``y``.
+
+        Raises:
+            NotImplementedError: no ``net`` was given and the subclass does not override
+                `dynamics`.
+        """
         if self.net is None:
             raise NotImplementedError("ODEFunc needs a net, or a subclass overriding dynamics()")
         return self.net(t, y) if self.time_input else self.net(y)
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        """Count one evaluation (``nfe += 1``) and return `dynamics` ``(t, y)``.
+
+        Args:
+            t: the time, a 0-d tensor (a ``(B,)`` tensor in per-sample mode).
+            y: the state, shaped like ``y0`` of the solve.
+
+        Returns:
+            ``dy/dt``, shaped like ``y``.
+
+        Raises:
+            NotImplementedError: as `dynamics` (no ``net`` and no override).
+        """
         self.nfe += 1
         return self.dynamics(t, y)

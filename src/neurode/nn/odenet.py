@@ -59,6 +59,16 @@ class ConvODEFunc(ODEFunc):
         self.relu = nn.ReLU()
 
     def dynamics(self, t: Tensor, x: Tensor) -> Tensor:
+        """The field: (norm, ReLU, ConcatConv2d) ×2, then norm (counted by `forward`).
+
+        Args:
+            t: the time, a 0-d tensor or a ``(B,)`` tensor (per-sample solving); enters each
+                convolution as an extra constant channel.
+            x: the feature map, ``(B, dim, H, W)``.
+
+        Returns:
+            ``dx/dt``, ``(B, dim, H, W)``.
+        """
         out = self.conv1(t, self.relu(self.norm1(x)))
         out = self.conv2(t, self.relu(self.norm2(out)))
         return self.norm3(out)
@@ -80,6 +90,14 @@ class ResBlock(nn.Module):
                                   _norm(dim), nn.ReLU(), nn.Conv2d(dim, dim, 3, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Apply the block: ``x`` plus the residual branch.
+
+        Args:
+            x: the feature map, ``(B, dim, H, W)``.
+
+        Returns:
+            ``(B, dim, H, W)``, the same shape as ``x``.
+        """
         return x + self.body(x)
 
 
@@ -125,6 +143,15 @@ class ODENetClassifier(nn.Module):
                                   nn.Linear(dim, n_classes))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Classify a batch of images (stem, features, head); after it, `nfe` holds the counts.
+
+        Args:
+            x: images ``(B, in_channels, H, W)``, e.g. ``(B, 1, 28, 28)`` for MNIST; the stem
+                halves ``H`` and ``W`` ``downsample`` times.
+
+        Returns:
+            Unnormalised logits ``(B, n_classes)`` (apply ``cross_entropy`` or ``softmax``).
+        """
         return self.head(self.features(self.stem(x)))
 
     @property

@@ -63,6 +63,14 @@ class Stats:
     segments: list[Segment] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
+        """The six counters as a plain dict (for logging or JSON), ``segments`` left out.
+
+        Returns:
+            ``{"nfe", "n_steps", "n_accepted", "n_rejected", "n_jac", "n_lu"}`` mapped to the
+                attributes of the same names: ``int`` values, except in per-sample mode, where the
+                first four are the ``(B,)`` int64 tensors themselves (call ``.tolist()`` on them
+                before serialising).
+        """
         return {"nfe": self.nfe, "n_steps": self.n_steps, "n_accepted": self.n_accepted,
                 "n_rejected": self.n_rejected, "n_jac": self.n_jac, "n_lu": self.n_lu}
 
@@ -182,7 +190,25 @@ class Solution:
         return self.status >= 0
 
     def evaluate(self, t: float | Tensor) -> Tensor | tuple[Tensor, ...]:
-        """Dense output ``y(t)`` at any time(s) within the solved span (needs ``dense=True``)."""
+        """Dense output ``y(t)`` at any time(s) within the solved span (needs ``dense=True``).
+
+        The same as calling the [`DenseOutput`][neurode.DenseOutput] held in ``dense``.
+
+        Args:
+            t: the time(s), in the user's time: a Python float or 0-d tensor for one time, or a
+                1-D tensor ``(K,)`` of times in any order; each must lie inside
+                ``dense.t_span``: from ``t_eval[0]`` to ``t_eval[-1]`` (whichever way time
+                ran), or to where a solve that failed under ``throw=False`` stopped. Converted
+                to float64 for the lookup, so no gradient flows to ``t``.
+
+        Returns:
+            ``y(t)``: ``(*y0.shape)`` for a scalar ``t``, ``(K, *y0.shape)`` for a 1-D ``t``, in
+                ``y0``'s dtype and device (a tuple of such for a tuple ``y0``).
+
+        Raises:
+            InvalidInputError: the solve was made without ``dense=True`` (so ``dense`` is
+                None), or a time lies outside the solved interval.
+        """
         if self.dense is None:
             raise InvalidInputError(
                 "this Solution has no dense output; call solve_ivp(..., dense=True)")
