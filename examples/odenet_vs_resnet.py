@@ -26,26 +26,13 @@ import torch
 from torch import nn
 
 from neurode.data import load_digits
+
+# the activation memory the classify experiment reports, measured the same way (the gradients
+# tutorial shows how: bytes autograd saves for the backward pass, parameters excluded)
+from neurode.experiments.runner import saved_for_backward_bytes
 from neurode.nn import ODENetClassifier, count_parameters
 
 NAMES = {"ode": "ODE-Net", "resnet": "ResNet", "rknet": "RK-Net"}
-
-
-def saved_bytes(forward, exclude=()) -> tuple[torch.Tensor, int]:
-    """Run ``forward()``; return its output and the bytes autograd saved for the backward pass
-    (each storage once; those of ``exclude``, the parameters, left out)."""
-    skip = {p.untyped_storage().data_ptr() for p in exclude}
-    sizes: dict[int, int] = {}
-
-    def pack(x: torch.Tensor) -> torch.Tensor:
-        storage = x.untyped_storage()
-        if storage.data_ptr() not in skip:
-            sizes[storage.data_ptr()] = storage.nbytes()
-        return x
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        out = forward()
-    return out, sum(sizes.values())
 
 
 # --8<-- [start:models]
@@ -81,7 +68,8 @@ def train_and_test(kind: str, data, *, dim: int, steps: int, lr: float, batch: i
     # --8<-- [end:train]
     nfe_test = model.nfe[0]
     model.train()
-    _, saved = saved_bytes(lambda: model(x_train[:batch]), exclude=list(model.parameters()))
+    _, saved = saved_for_backward_bytes(lambda: model(x_train[:batch]),
+                                       exclude=list(model.parameters()))
     return {"accuracy": accuracy, "parameters": float(count_parameters(model)),
             "nfe_forward": float(nfe_train[0]), "nfe_backward": float(nfe_train[1]),
             "nfe_test": float(nfe_test), "saved_mb": saved / 1e6, "seconds": seconds,

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_scripts import EXAMPLES, load_example
 
 
 def test_first_order():
-    err = _load("first_order").main()
+    err = load_example("first_order").main()
     # rk4 is exact at its steps; between them, linear interpolation of t²/2 on a 0.25 grid is
     # off by (t - a)(b - t)/2, largest at the outputs t = 0.4, 1.4: 0.15 · 0.1 / 2
     assert err["dz/dt=t rk4"] == pytest.approx(0.0075, abs=1e-12)
@@ -30,33 +20,33 @@ def test_first_order():
 
 
 def test_harmonic_oscillator():
-    err = _load("harmonic_oscillator").main([])
+    err = load_example("harmonic_oscillator").main([])
     assert err["position error"] < 1e-9
     assert err["d/domega backprop"] < 1e-8 and err["d/domega adjoint"] < 1e-8
     assert err["energy drift"] < 1e-8
 
 
 def test_jvp_vjp():
-    err = _load("jvp_vjp").main()
+    err = load_example("jvp_vjp").main()
     assert err["jvp"] < 1e-9 and err["vjp backprop"] < 1e-9 and err["vjp adjoint"] < 1e-9
     assert err["dot product"] < 1e-10
     assert err["parameter jvp"] < 1e-6  # central difference, eps = 1e-5
 
 
 def test_odeblock_in_a_network():
-    res = _load("odeblock_in_a_network").main(["--steps", "60"])
+    res = load_example("odeblock_in_a_network").main(["--steps", "60"])
     assert res["accuracy"] > 0.95
     assert res["nfe_forward"] > 0 and res["nfe_backward"] > 0
 
 
 def test_thermostat_fits_the_heater_power_from_switching_times():
-    res = _load("thermostat").main(["--iters", "30"])
+    res = load_example("thermostat").main(["--iters", "30"])
     assert res["switches"] >= 10
     assert abs(res["power"] - 8.0) < 0.1
 
 
 def test_bouncing_ball_learns_restitution_in_one_solve_per_iteration():
-    res = _load("bouncing_ball").main(["--bounces", "6", "--iters", "40"])
+    res = load_example("bouncing_ball").main(["--bounces", "6", "--iters", "40"])
     assert abs(res["e"] - 0.8) < 0.02
 
 

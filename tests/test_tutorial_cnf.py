@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "cnf.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("example_cnf", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_scripts import load_example
 
 
 def test_both_objectives_learn_a_normalised_density():
-    res = _load().main(["--ml-iters", "20", "--fm-iters", "300", "--batch", "128",
+    res = load_example("cnf").main(["--ml-iters", "20", "--fm-iters", "300", "--batch", "128",
                         "--n-test", "300", "--grid", "60", "--rtol", "1e-3", "--atol", "1e-3"])
     # the log-density of a linear flow matches its closed form log N(exp(-A) x) - tr A
     assert res["linear_logp_error"] < 1e-6

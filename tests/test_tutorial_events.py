@@ -3,21 +3,11 @@ bouncing_ball.py and thermostat.py (both tested in test_examples.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_scripts import load_example
 
 
 def test_event_time_and_its_gradient_by_the_implicit_function_theorem():
-    r = _load("event_time").main([])
+    r = load_example("event_time").main([])
     for how in ("backprop", "adjoint"):  # against the closed form
         assert r[f"time error {how}"] < 1e-9
         assert r[f"gradient error {how}"] < 1e-8

@@ -3,21 +3,11 @@ harmonic_oscillator.py (both tested in test_examples.py) reaches the accuracy th
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_scripts import load_example
 
 
 def test_tolerances_dense_output_and_tuple_states():
-    r = _load("dense_and_tuples").main([])
+    r = load_example("dense_and_tuples").main([])
     # the global error follows the local tolerance (within a factor 30 either way: errors
     # accumulate over the span) and tighter tolerances cost more evaluations
     for tol in (1e-3, 1e-6, 1e-9, 1e-12):

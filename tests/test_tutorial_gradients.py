@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
-from pathlib import Path
 
 import pytest
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_scripts import load_example
 
 
 @pytest.fixture(scope="module")
 def res():
-    return _load("gradients").main(["--rev-step", "1e-2", "--steps", "10", "20", "40", "80"])
+    return load_example("gradients").main(["--rev-step", "1e-2", "--steps", "10", "20", "40", "80"])
 
 
 def test_four_methods_against_the_exact_gradient_of_a_linear_ode(res):

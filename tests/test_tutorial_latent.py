@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "latent_ode.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("example_latent_ode", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_scripts import load_example
 
 
 def test_elbo_and_reconstruction_improve_on_irregular_series():
-    res = _load().main(["--iters", "60", "--lr", "2e-2", "--n-series", "64", "--n-test", "16"])
+    res = load_example("latent_ode").main(["--iters", "60", "--lr", "2e-2", "--n-series", "64",
+                                           "--n-test", "16"])
     # untrained, the decoder misses by the signal's whole scale (-ELBO/obs ≈ 136 on these 16
     # series, obs_std 0.05); sixty steps more than halve it (≈ 55), and the reconstruction
     # error falls well below the signal variance (≈ 0.55, what predicting zero scores)
@@ -27,6 +18,6 @@ def test_elbo_and_reconstruction_improve_on_irregular_series():
 
 
 def test_adjoint_decoder_trains():
-    res = _load().main(["--iters", "10", "--gradient", "adjoint", "--n-series", "64",
-                        "--n-test", "16"])
+    res = load_example("latent_ode").main(["--iters", "10", "--gradient", "adjoint",
+                                           "--n-series", "64", "--n-test", "16"])
     assert res["neg_elbo"] < 0.8 * res["neg_elbo_before"]

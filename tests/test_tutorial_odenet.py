@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from example_scripts import load_example
 
 pytest.importorskip("sklearn")  # the bundled digits ship with scikit-learn
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _parameters(kind: str, d: int) -> int:
@@ -30,7 +20,7 @@ def _parameters(kind: str, d: int) -> int:
 
 
 def test_untrained_models_counts_memory_and_evaluations():
-    res = _load("odenet_vs_resnet").main(["--steps", "0"])
+    res = load_example("odenet_vs_resnet").main(["--steps", "0"])
     for kind in ("ode", "resnet", "rknet"):
         assert res[f"{kind}_parameters"] == _parameters(kind, 32)
         assert res[f"{kind}_accuracy"] < 0.3  # untrained: near chance (0.1)
@@ -47,7 +37,7 @@ def test_untrained_models_counts_memory_and_evaluations():
 
 @pytest.mark.parametrize("kind", ["ode", "resnet", "rknet"])
 def test_each_model_learns_digits_in_a_tiny_budget(kind):
-    res = _load("odenet_vs_resnet").main(["--models", kind, "--steps", "40", "--dim", "16",
+    res = load_example("odenet_vs_resnet").main(["--models", kind, "--steps", "40", "--dim", "16",
                                           "--lr", "1e-2"])
     assert res[f"{kind}_accuracy"] > 0.5  # 10 classes: chance is 0.1
     assert res[f"{kind}_parameters"] == _parameters(kind, 16)

@@ -3,21 +3,11 @@ the page claims."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_scripts import load_example
 
 
 def test_per_sample_steps_do_less_work_and_match_each_sample_alone():
-    r = _load("per_sample").main(["--batch", "8", "--t-end", "4", "--outputs", "9",
+    r = load_example("per_sample").main(["--batch", "8", "--t-end", "4", "--outputs", "9",
                                   "--rtol", "1e-5", "--atol", "1e-7"])
     # the joint solve moves every sample with the hardest one's steps; per sample the easy
     # samples take a handful

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_scripts import load_example
 
 
 def test_resnet_is_euler():
-    res = _load("resnet_is_euler").main(["--max-blocks", "128", "--resnet-steps", "100",
+    res = load_example("resnet_is_euler").main(["--max-blocks", "128", "--resnet-steps", "100",
                                          "--ode-steps", "50"])
     # N shared-weight residual blocks are N Euler steps of size 1/N, to rounding (float64)
     assert res["max_diff_euler"] < 1e-12

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "spiral_fit.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("example_spiral_fit", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_scripts import load_example
 
 
 def test_fitted_field_reproduces_the_trajectory():
-    res = _load().main(["--iters", "200"])
+    res = load_example("spiral_fit").main(["--iters", "200"])
     # the data: the true ODE solved with dopri8 at 1e-12 agrees with the closed form
     assert res["reference_error"] < 1e-9
     # rolled out from z(0) alone over the observed span, the learned ODE is far closer to the
@@ -30,7 +19,7 @@ def test_fitted_field_reproduces_the_trajectory():
 
 def test_adjoint_trains_like_backprop():
     # the adjoint gradient equals backprop's to the solver tolerance: the same ten Adam steps
-    m = _load()
+    m = load_example("spiral_fit")
     back = m.main(["--iters", "10"])
     adj = m.main(["--iters", "10", "--adjoint"])
     assert adj["loss_final"] == pytest.approx(back["loss_final"], rel=1e-4)

@@ -3,26 +3,16 @@ page claims."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from example_scripts import load_example
 
 pytest.importorskip("scipy")  # the reference solution
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_dopri5_is_stability_limited_and_radau_is_not():
     cap = 1000
-    r = _load("stiff").main(["--problem", "robertson", "--cap", str(cap), "--span", "0.5"])
+    r = load_example("stiff").main(["--problem", "robertson", "--cap", str(cap), "--span", "0.5"])
     # dopri5's real stability interval, from its tableau (Hairer & Wanner: about 3.3)
     assert r["dopri5 boundary"] == pytest.approx(3.3066, abs=1e-3)
     # its accepted steps sit on that boundary, and a 1000x tighter tolerance barely adds steps

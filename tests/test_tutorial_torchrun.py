@@ -3,23 +3,13 @@ parameters on two gloo processes as on one process that sees the whole global ba
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_scripts import EXAMPLES, load_example
 
 
 def _free_port() -> int:
@@ -40,7 +30,7 @@ def test_two_processes_train_the_parameters_of_one(tmp_path):
     assert proc.stdout.count("loss ") == 3  # rank 0 alone prints (iterations 0 and 5, result)
 
     # the same script as one process, without torchrun, on the same global batches
-    one = _load("torchrun_train").main([*args, "--out", str(tmp_path / "one"),
+    one = load_example("torchrun_train").main([*args, "--out", str(tmp_path / "one"),
                                         "--compare", str(tmp_path / "two")])
     assert one["world"] == 1.0
     assert one["final loss"] < 0.5 * one["first loss"]  # it trains
