@@ -153,3 +153,11 @@ def test_pages_hold_no_control_characters():
         for n, line in enumerate(page.read_text().split("\n"), start=1):
             bad = [c for c in line if ord(c) < 32]
             assert not bad, f"{page.relative_to(ROOT)}:{n}: control character {bad[0]!r}"
+
+
+def test_readme_links_into_the_docs_resolve():
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(((?!https?://)[^)#]+)(?:#[^)]*)?\)", readme)
+    assert len(links) >= 10
+    for link in links:
+        assert (ROOT / link).exists(), f"README links to missing {link}"
