@@ -2,12 +2,15 @@
 
     python benchmarks/plot_results.py [--results benchmarks/results] [--out docs/figures]
 
-Reads only JSON (no solver runs; seconds) and writes three PNGs, one per benchmark page figure:
+Reads only JSON (no solver runs; seconds) and writes four PNGs, one per benchmark page figure:
 
 * ``bench_work_precision.png`` — error at the final time against function evaluations for every
   adaptive method in ``work_precision.json`` (neurode's explicit methods and ``auto``,
   torchdiffeq's dopri5/dopri8, SciPy's RK45/DOP853/LSODA), one panel per problem class;
   each point is one tolerance, geometric means over the class's problems.
+* ``bench_accuracy.png`` — the same for neurode's low-order adaptive pairs (bosh3,
+  adaptive_heun, fehlberg2) beside dopri5, tsit5 and dopri8 (``accuracy.json``, tolerances
+  1e-3 … 1e-10: the second-order pairs would need millions of steps below that).
 * ``bench_gradient_memory.png`` — peak extra resident memory of one forward + backward against
   the number of rk4 steps for the four gradient methods (``gradients.json``, part (a)); a
   skipped backprop run is drawn hollow at its predicted value, and the states the checkpointed
@@ -102,6 +105,45 @@ def work_precision(results: Path, out: Path) -> Path:
                  "solid: neurode, dotted: torchdiffeq 0.2.5, dashed: SciPy")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     path = out / "bench_work_precision.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def low_order_accuracy(results: Path, out: Path) -> Path:
+    """Error against NFE for neurode's low-order adaptive pairs next to dopri5/tsit5/dopri8."""
+    from bench_work_precision import class_curve
+    from matplotlib.ticker import NullFormatter
+
+    plt = _plt()
+    res = json.loads((results / "accuracy.json").read_text())
+    # accuracy.json names problems only (A1 …); the class is the letter
+    cases = [dict(c, lib="neurode", **{"class": c["problem"][0]}) for c in res["cases"]]
+    methods = []
+    for c in cases:
+        if c["method"] not in methods:
+            methods.append(c["method"])
+    colors = dict(COLORS, bosh3="#e377c2", adaptive_heun="#ff7f0e", fehlberg2="#7f7f7f")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.8), sharey=True)
+    for ax, (cls, title) in zip(axes, [("A", "DETEST A"), ("B", "DETEST B"),
+                                       ("D", "DETEST D")], strict=True):
+        for m in methods:
+            xs, ys = class_curve(cases, cls, "neurode", m, "nfe")
+            if len(xs):
+                ax.plot(xs, ys, color=colors.get(m, "#444444"), marker="o", ms=3.5, lw=1.5,
+                        label=m)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(True, which="major", alpha=0.3)
+        ax.set_title(title)
+        ax.set_xlabel("function evaluations")
+    axes[0].set_ylabel("error at the final time")
+    axes[0].legend(fontsize=8.5)
+    fig.suptitle("neurode's low-order adaptive pairs beside dopri5, tsit5 and dopri8, "
+                 "rtol = atol = 1e-3 … 1e-10, float64 — accuracy.json", fontsize=11)
+    fig.tight_layout()
+    path = out / "bench_accuracy.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -205,8 +247,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     ap.add_argument("--out", type=Path, default=FIGURES, help="folder the PNGs are written to")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    paths = [work_precision(args.results, args.out), gradient_memory(args.results, args.out),
-             loop_overhead(args.results, args.out)]
+    paths = [work_precision(args.results, args.out), low_order_accuracy(args.results, args.out),
+             gradient_memory(args.results, args.out), loop_overhead(args.results, args.out)]
     for p in paths:
         print(f"wrote {p}")
     return paths

@@ -90,8 +90,8 @@ def test_benchmark_figures_are_drawn_from_the_committed_results(tmp_path):
     plot = _load(ROOT / "benchmarks" / "plot_results.py", "plot_results")
     paths = plot.main(["--out", str(tmp_path)])
     page = (DOCS / "benchmarks.md").read_text()
-    assert {p.name for p in paths} == {"bench_work_precision.png", "bench_gradient_memory.png",
-                                       "bench_loop_overhead.png"}
+    assert {p.name for p in paths} == {"bench_work_precision.png", "bench_accuracy.png",
+                                       "bench_gradient_memory.png", "bench_loop_overhead.png"}
     for p in paths:
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
