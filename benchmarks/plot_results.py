@@ -170,7 +170,7 @@ def gradient_memory(results: Path, out: Path) -> Path:
         for s, p in skipped:
             ax.plot([done[-1][0], s], [done[-1][1], p], color=color, ls=":", lw=1.2)
             ax.plot([s], [p], color=color, marker=marker, mfc="white", ls="none")
-            ax.annotate(f"skipped: {p / 1024:.1f} GB predicted", (s, p), fontsize=8,
+            ax.annotate(f"skipped: {p:,.0f} MB predicted", (s, p), fontsize=8,
                         xytext=(-8, -2), textcoords="offset points", ha="right", va="top")
     stored = mem.get("checkpoint_state_storage_mb") or {}
     if stored:

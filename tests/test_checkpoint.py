@@ -270,3 +270,34 @@ def test_checkpoint_without_grad_returns_plain_odeint_results():
     assert not ys.requires_grad
     torch.testing.assert_close(ys, neurode.odeint(f, y0, t, rtol=1e-6, atol=1e-6), rtol=0,
                                atol=0)
+
+
+def test_checkpoints_are_stored_in_blocks_and_read_back_exactly():
+    """The record keeps copies of the step states in a few large blocks (a heap of thousands of
+    small ones fragmented to 3-4x its size); each reads back as the state the step started
+    from, and the gradient is unchanged."""
+    from neurode.solvers.api import integrate
+    from neurode.solvers.loops.common import RowStore
+    from neurode.solvers.problem import make_problem
+
+    torch.manual_seed(0)
+    y0 = torch.randn(3, 5, dtype=torch.float64)
+    pb = make_problem(lambda t, y: -y + torch.sin(t), y0, torch.tensor([0.0, 1.0],
+                      dtype=torch.float64), 1e-7, 1e-9, "rk4", {"step_size": 0.01})
+    with torch.no_grad():
+        res = integrate(pb, record="steps")
+    rec = res.record
+    assert isinstance(rec.y, RowStore) and len(rec.y) == 100
+    assert len(rec.y.blocks) == 1  # 100 states of 120 bytes: one block
+    # each stored state is the previous step's rk4 update of the one before
+    with torch.no_grad():
+        again = integrate(make_problem(lambda t, y: -y + torch.sin(t), y0, torch.tensor(
+            [0.0, rec.t[57]], dtype=torch.float64), 1e-7, 1e-9, "rk4", {"step_size": 0.01}))
+    torch.testing.assert_close(rec.y[57], again.ys[-1], rtol=1e-12, atol=1e-12)
+    store = RowStore()
+    store.BLOCK_BYTES = 3 * 5 * 8 * 4  # four rows per block
+    for k in range(10):
+        store.append(torch.full((1, 15), float(k), dtype=torch.float64))
+    assert len(store.blocks) == 3 and [float(r[0, 0]) for r in store] == list(range(10))
+    with pytest.raises(IndexError):
+        store[10]

@@ -422,7 +422,8 @@ class AdaptiveLoop:
         B, dev = self.B, self.dev
         nfe0 = pb.field.nfe
         y = pb.y0
-        record = StepRecord() if self.record is not None else None
+        record = (StepRecord(contiguous=self.record == "steps") if self.record is not None
+                  else None)
         steps_log = [] if self.per_sample_record else None
         idx = self.outputs.idx if self.per_sample else None
         if (not self.per_sample and len(pb.t_out) == 1 and self.watch is None) or \

@@ -134,7 +134,8 @@ class FixedLoop:
         nfe0 = pb.field.nfe
         y = pb.y0
         ys = [y[0]]
-        record = StepRecord() if self.record is not None else None
+        record = (StepRecord(contiguous=self.record == "steps") if self.record is not None
+                  else None)
         status = Status.SUCCESS
         t_reached, fail_dt, n = t_out[0], 0.0, 0
         event = None
