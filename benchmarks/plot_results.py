@@ -69,34 +69,50 @@ def _env_line(env: dict | None) -> str:
     return ", ".join(parts)
 
 
-def work_precision(results: Path, out: Path) -> Path:
-    """Error against NFE per problem class, every adaptive method of the three libraries."""
+def _save(fig, out: Path, name: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = out / name
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _class_panels(axes, cases: list[dict], groups: list[tuple[str, str]], keys, style) -> None:
+    """One log–log work–precision panel per problem class: ``style(lib, method)`` gives each
+    curve's plot keywords."""
     from bench_work_precision import class_curve
     from matplotlib.ticker import NullFormatter
 
-    plt = _plt()
-    res = json.loads((results / "work_precision.json").read_text())
-    cases = res["cases"]
-    groups = [("A", "DETEST A (scalar)"), ("B", "DETEST B (small systems)"),
-              ("D", "DETEST D (orbits)"), ("MLP", "16-state tanh-MLP field")]
-    keys = []
-    for c in cases:
-        if (c["lib"], c["method"]) not in keys:
-            keys.append((c["lib"], c["method"]))
-    fig, axes = plt.subplots(2, 2, figsize=(11, 10), sharey=True)
-    axes = axes.ravel()
     for ax, (cls, title) in zip(axes, groups, strict=True):
         for lib, m in keys:
             xs, ys = class_curve(cases, cls, lib, m, "nfe")
             if len(xs):
-                ax.plot(xs, ys, color=COLORS.get(m, "#444444"), label=f"{lib} {m}",
-                        ms=3.5, lw=1.5 if lib == "neurode" else 1.2, **LIB_STYLE[lib])
+                ax.plot(xs, ys, ms=3.5, **style(lib, m))
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="major", alpha=0.3)
         ax.set_title(title)
         ax.set_xlabel("function evaluations (fewer is better)")
+
+
+def _keys(cases: list[dict]) -> list[tuple[str, str]]:
+    """The ``(lib, method)`` pairs of ``cases``, in order of appearance."""
+    return list(dict.fromkeys((c["lib"], c["method"]) for c in cases))
+
+
+def work_precision(results: Path, out: Path) -> Path:
+    """Error against NFE per problem class, every adaptive method of the three libraries."""
+    plt = _plt()
+    cases = json.loads((results / "work_precision.json").read_text())["cases"]
+    groups = [("A", "DETEST A (scalar)"), ("B", "DETEST B (small systems)"),
+              ("D", "DETEST D (orbits)"), ("MLP", "16-state tanh-MLP field")]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 10), sharey=True)
+    axes = axes.ravel()
+    _class_panels(axes, cases, groups, _keys(cases), lambda lib, m: dict(
+        color=COLORS.get(m, "#444444"), label=f"{lib} {m}",
+        lw=1.5 if lib == "neurode" else 1.2, **LIB_STYLE[lib]))
     for ax in axes[::2]:
         ax.set_ylabel("error at the final time (lower is better)")
     handles, labels = axes[0].get_legend_handles_labels()
@@ -104,49 +120,26 @@ def work_precision(results: Path, out: Path) -> Path:
     fig.suptitle("Work–precision, float64, rtol = atol = 1e-3 … 1e-12 — work_precision.json\n"
                  "solid: neurode, dotted: torchdiffeq 0.2.5, dashed: SciPy")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    path = out / "bench_work_precision.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out, "bench_work_precision.png")
 
 
 def low_order_accuracy(results: Path, out: Path) -> Path:
     """Error against NFE for neurode's low-order adaptive pairs next to dopri5/tsit5/dopri8."""
-    from bench_work_precision import class_curve
-    from matplotlib.ticker import NullFormatter
-
     plt = _plt()
     res = json.loads((results / "accuracy.json").read_text())
     # accuracy.json names problems only (A1 …); the class is the letter
     cases = [dict(c, lib="neurode", **{"class": c["problem"][0]}) for c in res["cases"]]
-    methods = []
-    for c in cases:
-        if c["method"] not in methods:
-            methods.append(c["method"])
     colors = dict(COLORS, bosh3="#e377c2", adaptive_heun="#ff7f0e", fehlberg2="#7f7f7f")
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.8), sharey=True)
-    for ax, (cls, title) in zip(axes, [("A", "DETEST A"), ("B", "DETEST B"),
-                                       ("D", "DETEST D")], strict=True):
-        for m in methods:
-            xs, ys = class_curve(cases, cls, "neurode", m, "nfe")
-            if len(xs):
-                ax.plot(xs, ys, color=colors.get(m, "#444444"), marker="o", ms=3.5, lw=1.5,
-                        label=m)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.grid(True, which="major", alpha=0.3)
-        ax.set_title(title)
-        ax.set_xlabel("function evaluations")
-    axes[0].set_ylabel("error at the final time")
+    _class_panels(axes, cases, [("A", "DETEST A"), ("B", "DETEST B"), ("D", "DETEST D")],
+                  _keys(cases), lambda lib, m: dict(color=colors.get(m, "#444444"),
+                                                    marker="o", lw=1.5, label=m))
+    axes[0].set_ylabel("error at the final time (lower is better)")
     axes[0].legend(fontsize=8.5)
     fig.suptitle("neurode's low-order adaptive pairs beside dopri5, tsit5 and dopri8, "
                  "rtol = atol = 1e-3 … 1e-10, float64 — accuracy.json", fontsize=11)
     fig.tight_layout()
-    path = out / "bench_accuracy.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out, "bench_accuracy.png")
 
 
 def gradient_memory(results: Path, out: Path) -> Path:
@@ -186,10 +179,7 @@ def gradient_memory(results: Path, out: Path) -> Path:
     ax.set_title("Gradient memory against steps — gradients.json\n" + _env_line(
         res.get("environment")), fontsize=10)
     fig.tight_layout()
-    path = out / "bench_gradient_memory.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out, "bench_gradient_memory.png")
 
 
 def loop_overhead(results: Path, out: Path) -> Path:
@@ -235,10 +225,7 @@ def loop_overhead(results: Path, out: Path) -> Path:
     fig.suptitle("Solver overhead per step, lower is better (" + _env_line(
         ovh.get("environment")) + ")", fontsize=11)
     fig.tight_layout()
-    path = out / "bench_loop_overhead.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out, "bench_loop_overhead.png")
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

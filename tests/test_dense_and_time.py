@@ -588,7 +588,7 @@ _ADAPTIVE_EXPLICIT = sorted(n for n, s in neurode.METHODS.items()
                             if s.adaptive and s.per_sample and n != "auto" and s.order >= 3)
 
 
-@pytest.mark.parametrize("decisions", ["host", "device"])
+@pytest.mark.parametrize("decisions", ["host", "device", "per_sample"])
 @pytest.mark.parametrize("method", _ADAPTIVE_EXPLICIT)
 def test_last_output_is_written_when_the_step_end_rounds_below_it(method, decisions):
     """A bouncing ball's flight from one impact to the next: the last step lands on t[-1], but
@@ -600,11 +600,22 @@ def test_last_output_is_written_when_the_step_end_rounds_below_it(method, decisi
     def f(t, y):
         return torch.stack([y[1], torch.full_like(y[1], -g)])
 
-    y0 = torch.tensor([0.0, v0], dtype=torch.float64)
-    sol = neurode.solve_ivp(f, y0, t, method=method, rtol=1e-9, atol=1e-9,
-                            options={"decisions": decisions})
-    assert sol.status == 0
     s = float(t[1] - t[0])
     exact = torch.tensor([v0 * s - g * s * s / 2, v0 - g * s], dtype=torch.float64)
+    if decisions == "per_sample":  # a batch of one: the per-sample loop's own output window
+        def fb(t, y):
+            return torch.stack([y[:, 1], torch.full_like(y[:, 1], -g)], 1)
+
+        y0 = torch.tensor([[0.0, v0]], dtype=torch.float64)
+        sol = neurode.solve_ivp(fb, y0, t, method=method, rtol=1e-9, atol=1e-9,
+                                per_sample=True)
+        assert int(sol.sample_status[0]) == 0
+        last = sol.ys[-1, 0]
+    else:
+        y0 = torch.tensor([0.0, v0], dtype=torch.float64)
+        sol = neurode.solve_ivp(f, y0, t, method=method, rtol=1e-9, atol=1e-9,
+                                options={"decisions": decisions})
+        assert sol.status == 0
+        last = sol.ys[-1]
     assert torch.isfinite(sol.ys).all()
-    torch.testing.assert_close(sol.ys[-1], exact, rtol=0, atol=1e-6)
+    torch.testing.assert_close(last, exact, rtol=0, atol=1e-6)

@@ -1,8 +1,7 @@
 """neurode: neural ordinary differential equations on PyTorch.
 
 ``import neurode as torchdiffeq`` runs torchdiffeq code unchanged; [`solve_ivp`][neurode.solve_ivp]
-gives a
-richer [`Solution`][neurode.Solution] with statistics, status and dense output.
+gives a richer [`Solution`][neurode.Solution] with statistics, status and dense output.
 """
 
 from neurode.errors import (

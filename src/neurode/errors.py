@@ -1,13 +1,12 @@
 """Exception types raised by neurode, and the status codes of a solve.
 
 Every failure raises a subclass of [`NeurodeError`][neurode.NeurodeError], so
-``except neurode.NeurodeError``
-catches all of them. Input problems also derive from `ValueError` and integration failures
-from `RuntimeError`, so code written against the built-in types keeps working.
+``except neurode.NeurodeError`` catches all of them. Input problems also derive from
+`ValueError` and integration failures from `RuntimeError`, so code written against the built-in
+types keeps working.
 
 [`Status`][neurode.Status] is the one list of outcomes: each member has its code
-(``Solution.status``), its
-message and the exception class a failure raises.
+(``Solution.status``), its message and the exception class a failure raises.
 """
 
 from __future__ import annotations

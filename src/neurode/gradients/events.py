@@ -48,9 +48,10 @@ class _EventRerouting(torch.autograd.Function):
             tt = event_t.detach().requires_grad_(True)
             yy = state.detach().requires_grad_(True)
             g = _flat(ctx.event_fn(tt, ctx.unflatten(yy))).reshape(-1)
-            # with several event values the event is the one that crossed: the value that is
-            # zero at t* (to the search's resolution); the others' derivatives do not matter
-            crossed = g[int(g.detach().abs().argmin())] if g.numel() > 1 else g.sum()
+            # the watcher's event function is min_e(sign_e · g_e), the values signed as at the
+            # start: at t* that is the value that crossed, the one nearest zero (its sign
+            # cancels in dt*/dθ); indexing by a tensor reads nothing on the host
+            crossed = g[g.detach().abs().argmin()]
             g_t, g_y = torch.autograd.grad(crossed, (tt, yy), allow_unused=True)
         with torch.no_grad():
             f = _flat(ctx.func(event_t, ctx.unflatten(state)))

@@ -15,14 +15,13 @@ per step, so under ``torch.no_grad()`` memory does not grow with the number of s
 enabled the solve is recorded as usual and the tangents can be backpropagated (e.g. for
 Hessian-vector products).
 
-Exactness. Runge–Kutta methods commute with linearisation: the RK solution of the tangent
-equation on a given step sequence is exactly the derivative of the RK solution of ``f`` on that
-step sequence (and the dense-output interpolants are linear in the stages, so output times
-between steps are covered too). Hence, on a fixed grid, [`odeint_jvp`][neurode.odeint_jvp] equals
-forward-mode
+Exactness. Runge–Kutta methods commute with linearisation: the RK solution of the tangent equation
+on a given step sequence is exactly the derivative of the RK solution of ``f`` on that step sequence
+(and the dense-output interpolants are linear in the stages, so output times between steps are
+covered too). Hence, on a fixed grid, [`odeint_jvp`][neurode.odeint_jvp] equals forward-mode
 differentiation through [`neurode.odeint`][] to rounding; with adaptive methods it equals it to
-rounding under ``"seminorm"`` (same steps), and to O(tol) under the default norm (``w`` then
-takes part in choosing the steps).
+rounding under ``"seminorm"`` (same steps), and to O(tol) under the default norm (``w`` then takes
+part in choosing the steps).
 """
 
 from __future__ import annotations

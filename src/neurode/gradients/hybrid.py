@@ -82,9 +82,9 @@ class Event:
 @dataclass
 class HybridSolution:
     """Result of [`odeint_hybrid`][neurode.odeint_hybrid]: ``ys`` at ``ts`` (``(T, *y0.shape)``,
-    tuples for tuple
-    states), every event in order (per sample: ordered by sample, then time), ``terminated``
-    (joint: whether a terminal event ended the solve; per sample: a ``(B,)`` bool tensor).
+    tuples for tuple states), every event in order (per sample: ordered by sample, then time),
+    ``terminated`` (joint: whether a terminal event ended the solve; per sample: a ``(B,)`` bool
+    tensor).
 
     Attributes:
         ts: the output times ``(T,)``, as given.

@@ -106,8 +106,8 @@ class ConcatConv2d(nn.Module):
 
 class ConcatMLP(nn.Module):
     """A time-dependent field ``f(t, z)``: ``layers`` [`ConcatLinear`][neurode.nn.ConcatLinear]
-    maps with ``tanh``
-    between them, widths ``dim → hidden → … → hidden → dim``; ``z`` is ``(B, dim)``.
+    maps with ``tanh`` between them, widths ``dim → hidden → … → hidden → dim``; ``z`` is
+    ``(B, dim)``.
 
     The usual field of 2-D flows and small ODE blocks (``layers=2``: one hidden layer).
 

@@ -1,7 +1,6 @@
 """Public entry points of the solvers: ``odeint`` (torchdiffeq-compatible), ``odeint_dense`` and
 ``solve_ivp`` (neurode's richer API returning a [`Solution`][neurode.Solution]), and `integrate`,
-the one
-function that runs any registered method on a `Problem`."""
+the one function that runs any registered method on a `Problem`."""
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
 """Method options: one schema per family, every value checked once at the front door.
 
-A method takes the option families its registry entry lists (`FAMILY_KEYS`); a key that
-none of them holds is an [`UnknownOptionError`][neurode.UnknownOptionError] that lists the valid
-keys.
-Each value is checked here for type, NaN, sign and range and parsed into a frozen config, so the
-loops and steppers never see a raw ``options`` dict. Time-valued options (``step_t``, ``jump_t``)
-stay in the user's time here; the front door maps them to internal time.
+A method takes the option families its registry entry lists (`FAMILY_KEYS`); a key that none of them
+holds is an [`UnknownOptionError`][neurode.UnknownOptionError] that lists the valid keys. Each value
+is checked here for type, NaN, sign and range and parsed into a frozen config, so the loops and
+steppers never see a raw ``options`` dict. Time-valued options (``step_t``, ``jump_t``) stay in the
+user's time here; the front door maps them to internal time.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The method registry: every method neurode knows, registered here and nowhere else.
 
 A method is a name → [`MethodSpec`][neurode.solvers.MethodSpec]: which loop runs it, which option
-families it takes,
-how its stepper is built from a problem, and what it supports. An explicit Runge–Kutta method is
-a tableau in [`TABLEAUX`][neurode.TABLEAUX] plus one line below.
+families it takes, how its stepper is built from a problem, and what it supports. An explicit
+Runge–Kutta method is a tableau in [`TABLEAUX`][neurode.TABLEAUX] plus one line below.
 """
 
 from __future__ import annotations

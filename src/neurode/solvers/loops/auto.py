@@ -1,8 +1,8 @@
 """``method="auto"``: the explicit method that fits the tolerance, and Radau while the problem is
 stiff.
 
-The solve is a chain of segments, each an ordinary `
-AdaptiveLoop` run of one method from where the previous one stopped:
+The solve is a chain of segments, each an ordinary `AdaptiveLoop` run of one method from where the
+previous one stopped:
 
 1. the explicit method is chosen by ``rtol`` (`BY_TOLERANCE`: tsit5, then vern8; read off the
    work–precision benchmark, ``benchmarks/bench_work_precision.py``);

@@ -46,10 +46,6 @@ class RowStore:
             self.blocks[-1][k].copy_(flat)
         self.n += 1
 
-    def extend(self, ys) -> None:
-        for y in ys:
-            self.append(y)
-
     def __len__(self) -> int:
         return self.n
 
